@@ -1,0 +1,465 @@
+"""Hugging Face PyTorch checkpoints <-> dynabert_jax parameters.
+
+Conversion is driven by an explicit table (:func:`param_table`): one row per parameter,
+naming our path, the PyTorch state-dict key and the transform (linear kernels are
+transposed: PyTorch stores ``[out, in]``, we store ``[in, out]``). Loading is strict: a
+missing, unexpected or mis-shaped key raises :class:`CheckpointError` naming every
+offending key and the model types that were tried. The only keys skipped are ones that
+are known to be unused (pre-training heads ``cls.*`` / ``lm_head.*``, the legacy
+``position_ids`` buffer, a pooler the chosen head does not read, a task head that was not
+asked for); each skip is logged.
+
+Supported: ``BertModel``, ``BertForSequenceClassification``,
+``BertForQuestionAnswering``, ``RobertaModel``, ``RobertaForSequenceClassification``,
+``RobertaForQuestionAnswering`` (with or without the ``bert.`` / ``roberta.`` prefix),
+from ``model.safetensors`` (also sharded) or ``pytorch_model.bin`` (loaded with
+``torch.load(weights_only=True)``; nothing is ever unpickled).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynabert_jax.modeling import DynaBertModel, ModelConfig, init_params
+
+log = logging.getLogger(__name__)
+
+PathTuple = Tuple[str, ...]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model (missing, unexpected or mis-shaped keys,
+    unsupported model type or options)."""
+
+
+class Entry(NamedTuple):
+    """One row of the conversion table."""
+
+    path: PathTuple          # our parameter path, e.g. ("encoder", "layer_0", "query", "kernel")
+    key: str                 # the PyTorch state-dict key, e.g. "bert.encoder.layer.0...."
+    transpose: bool          # linear kernel: ours [in, out] = PyTorch [out, in].T
+
+
+_ARCHITECTURES = {
+    ("bert", None): "BertModel",
+    ("bert", "classification"): "BertForSequenceClassification",
+    ("bert", "regression"): "BertForSequenceClassification",
+    ("bert", "span"): "BertForQuestionAnswering",
+    ("roberta", None): "RobertaModel",
+    ("roberta", "classification"): "RobertaForSequenceClassification",
+    ("roberta", "regression"): "RobertaForSequenceClassification",
+    ("roberta", "span"): "RobertaForQuestionAnswering",
+}
+_HEAD_KEY_PREFIXES = ("classifier.", "qa_outputs.")
+_KNOWN_UNUSED_PREFIXES = ("cls.", "lm_head.")  # pre-training heads (MLM / NSP)
+
+# ----------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------
+
+
+def _linear(path: PathTuple, key: str) -> List[Entry]:
+    return [Entry(path + ("kernel",), key + ".weight", True),
+            Entry(path + ("bias",), key + ".bias", False)]
+
+
+def _layer_norm(path: PathTuple, key: str) -> List[Entry]:
+    return [Entry(path + ("scale",), key + ".weight", False),
+            Entry(path + ("bias",), key + ".bias", False)]
+
+
+def encoder_table(config: ModelConfig, prefix: str) -> List[Entry]:
+    """Rows for the embeddings, every layer and the pooler (keys carry ``prefix``)."""
+    p = prefix
+    rows = [
+        Entry(("embeddings", name, "embedding"), f"{p}embeddings.{name}.weight", False)
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    ]
+    rows += _layer_norm(("embeddings", "LayerNorm"), f"{p}embeddings.LayerNorm")
+    for i in range(config.num_hidden_layers):
+        ours, theirs = ("encoder", f"layer_{i}"), f"{p}encoder.layer.{i}"
+        for name in ("query", "key", "value"):
+            rows += _linear(ours + (name,), f"{theirs}.attention.self.{name}")
+        rows += _linear(ours + ("attention_output",), f"{theirs}.attention.output.dense")
+        rows += _layer_norm(ours + ("attention_LayerNorm",),
+                            f"{theirs}.attention.output.LayerNorm")
+        rows += _linear(ours + ("intermediate",), f"{theirs}.intermediate.dense")
+        rows += _linear(ours + ("output",), f"{theirs}.output.dense")
+        rows += _layer_norm(ours + ("output_LayerNorm",), f"{theirs}.output.LayerNorm")
+    if config.has_pooler:
+        rows += _linear(("pooler",), f"{p}pooler.dense")
+    return rows
+
+
+def head_table(config: ModelConfig) -> List[Entry]:
+    """Rows for the task head (its keys never carry the ``bert.`` prefix)."""
+    if config.head in ("classification", "regression"):
+        if config.model_type == "roberta":
+            return (_linear(("classifier", "dense"), "classifier.dense")
+                    + _linear(("classifier", "out_proj"), "classifier.out_proj"))
+        return _linear(("classifier",), "classifier")
+    if config.head == "span":
+        return _linear(("qa_outputs",), "qa_outputs")
+    return []
+
+
+def param_table(config: ModelConfig, prefix: Optional[str] = None) -> List[Entry]:
+    """The whole table. ``prefix`` defaults to Hugging Face's own layout: ``bert.`` /
+    ``roberta.`` when the model has a head, none for a bare encoder."""
+    if prefix is None:
+        prefix = f"{config.model_type}." if config.head else ""
+    return encoder_table(config, prefix) + head_table(config)
+
+
+def architecture(config: ModelConfig) -> str:
+    return _ARCHITECTURES[(config.model_type, config.head)]
+
+
+# ----------------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------------
+
+
+def read_hf_config(path) -> dict:
+    path = pathlib.Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path} is not a Hugging Face checkpoint directory: "
+                              f"no config.json in it")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
+
+
+def config_from_hf(hf: Mapping, head: Optional[str] = None,
+                   num_labels: Optional[int] = None, **overrides) -> ModelConfig:
+    """Our :class:`ModelConfig` from a Hugging Face ``config.json`` dict."""
+    model_type = hf.get("model_type")
+    if model_type not in ("bert", "roberta"):
+        raise CheckpointError(
+            f"unsupported model_type {model_type!r} (architectures "
+            f"{hf.get('architectures')}); supported: 'bert' (BertModel, "
+            f"BertForSequenceClassification, BertForQuestionAnswering) and 'roberta' "
+            f"(RobertaModel, RobertaForSequenceClassification, RobertaForQuestionAnswering)")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"position_embedding_type "
+                              f"{hf['position_embedding_type']!r} is not supported "
+                              f"(only 'absolute')")
+    if hf.get("pruned_heads"):
+        raise CheckpointError("checkpoints with pruned_heads are not supported; load the "
+                              "unpruned model (see dynabert_jax.export for sub-networks)")
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise CheckpointError("decoder / cross-attention BERT models are not supported")
+    if num_labels is None:
+        num_labels = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
+    kwargs = dict(
+        model_type=model_type,
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_hidden_layers=hf["num_hidden_layers"],
+        num_attention_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 512),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        hidden_act=hf.get("hidden_act", "gelu"),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        hidden_dropout_prob=hf.get("hidden_dropout_prob", 0.1),
+        attention_probs_dropout_prob=hf.get("attention_probs_dropout_prob", 0.1),
+        classifier_dropout=hf.get("classifier_dropout"),
+        initializer_range=hf.get("initializer_range", 0.02),
+        pad_token_id=hf.get("pad_token_id", 1 if model_type == "roberta" else 0),
+        head=head,
+        num_labels=1 if head == "regression" else num_labels,
+    )
+    kwargs.update(overrides)
+    return ModelConfig(**kwargs)
+
+
+def config_to_hf(config: ModelConfig, id2label: Optional[Mapping[int, str]] = None) -> dict:
+    """A ``config.json`` dict that stock transformers loads."""
+    if config.attention_head_size is not None and (
+            config.attention_head_size * config.num_attention_heads != config.hidden_size):
+        raise CheckpointError(
+            f"a model with {config.num_attention_heads} heads of "
+            f"{config.attention_head_size} (hidden {config.hidden_size}) has fewer heads "
+            f"than a stock BERT config can express; export sub-networks with "
+            f"dynabert_jax.export instead")
+    out = {
+        "architectures": [architecture(config)],
+        "model_type": config.model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "hidden_act": config.hidden_act,
+        "layer_norm_eps": config.layer_norm_eps,
+        "hidden_dropout_prob": config.hidden_dropout_prob,
+        "attention_probs_dropout_prob": config.attention_probs_dropout_prob,
+        "classifier_dropout": config.classifier_dropout,
+        "initializer_range": config.initializer_range,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+    }
+    if config.model_type == "roberta":
+        out.update(bos_token_id=0, eos_token_id=2)
+    if config.head in ("classification", "regression"):
+        n = config.num_labels
+        id2label = dict(id2label or {i: f"LABEL_{i}" for i in range(n)})
+        out["id2label"] = {str(k): v for k, v in id2label.items()}
+        out["label2id"] = {v: int(k) for k, v in id2label.items()}
+        if config.head == "regression":
+            out["problem_type"] = "regression"
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# State dicts
+# ----------------------------------------------------------------------------------
+
+
+def _to_numpy_f32(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        import torch
+
+        x = x.detach().to("cpu")
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
+        return x.numpy().astype(np.float32, copy=False)
+    arr = np.asarray(x)
+    return arr.astype(np.float32) if arr.dtype != np.float32 else arr
+
+
+def load_state_dict(path) -> Dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory (or file) as float32 numpy arrays.
+
+    Prefers ``model.safetensors`` (and its sharded index); falls back to
+    ``pytorch_model.bin`` loaded with ``torch.load(weights_only=True)``.
+    """
+    path = pathlib.Path(path)
+    files: List[pathlib.Path]
+    if path.is_file():
+        files = [path]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    elif (path / "model.safetensors.index.json").is_file():
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        files = [path / f for f in sorted(set(index["weight_map"].values()))]
+    elif (path / "pytorch_model.bin").is_file():
+        files = [path / "pytorch_model.bin"]
+    elif (path / "pytorch_model.bin.index.json").is_file():
+        index = json.loads((path / "pytorch_model.bin.index.json").read_text())
+        files = [path / f for f in sorted(set(index["weight_map"].values()))]
+    else:
+        raise CheckpointError(f"no weights in {path}: expected model.safetensors (or its "
+                              f"sharded index) or pytorch_model.bin")
+    state: Dict[str, np.ndarray] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.numpy import load_file
+
+                part = load_file(str(f))
+            else:
+                import torch
+
+                part = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupted / truncated / not a checkpoint
+            raise CheckpointError(f"could not read weights from {f}: {e}") from e
+        state.update({k: _to_numpy_f32(v) for k, v in part.items()})
+    return state
+
+
+def _get(tree, path: PathTuple):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree: dict, path: PathTuple, value) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def _detect_prefix(config: ModelConfig, keys) -> Optional[str]:
+    for prefix in (f"{config.model_type}.", ""):
+        if f"{prefix}embeddings.word_embeddings.weight" in keys:
+            return prefix
+    return None
+
+
+def _known_unused(key: str, config: ModelConfig, prefix: str) -> Optional[str]:
+    """Why ``key`` may be skipped, or None if it is really unexpected."""
+    if key.startswith(_KNOWN_UNUSED_PREFIXES):
+        return "pre-training head"
+    if key.endswith("position_ids"):
+        return "legacy buffer"
+    if key.startswith(f"{prefix}pooler.") and not config.has_pooler:
+        return f"pooler, unused by the {config.head!r} head"
+    if key.startswith(_HEAD_KEY_PREFIXES):
+        return f"task head not requested (head={config.head!r})"
+    return None
+
+
+def params_from_state_dict(config: ModelConfig, state: Mapping[str, np.ndarray],
+                           rng: Optional[jax.Array] = None, source: str = "state dict"):
+    """Convert a PyTorch state dict to our parameter tree (strict; see module doc).
+
+    A requested head that the checkpoint lacks entirely (e.g. a classifier on top of a
+    pre-trained encoder) is initialised fresh from ``rng``; a head that is only partly
+    there is an error.
+    """
+    tried = f"{architecture(config)} (model_type {config.model_type!r}, key prefix " \
+            f"'{config.model_type}.' or none)"
+    prefix = _detect_prefix(config, state.keys())
+    if prefix is None:
+        sample = sorted(state)[:8]
+        raise CheckpointError(
+            f"{source} does not look like a {config.model_type} checkpoint: no "
+            f"'{config.model_type}.embeddings.word_embeddings.weight' or "
+            f"'embeddings.word_embeddings.weight' key; tried {tried}. First keys: {sample}")
+    enc, head = encoder_table(config, prefix), head_table(config)
+    head_present = [e for e in head if e.key in state]
+    fresh_head = bool(head) and not head_present
+    table = enc + ([] if fresh_head else head)
+
+    missing = [e.key for e in table if e.key not in state]
+    mismatched = []
+    params: dict = {}
+    expected = jax.eval_shape(lambda: init_params(DynaBertModel(config)))
+    for e in table:
+        if e.key not in state:
+            continue
+        value = state[e.key].T if e.transpose else state[e.key]
+        want = tuple(_get(expected, e.path).shape)
+        if tuple(value.shape) != want:
+            got = tuple(state[e.key].shape)
+            need = want[::-1] if e.transpose else want
+            mismatched.append(f"{e.key}: checkpoint {list(got)}, model expects {list(need)}")
+            continue
+        _set(params, e.path, jnp.asarray(np.ascontiguousarray(value)))
+    used = {e.key for e in table}
+    skipped, unexpected = {}, []
+    for k in sorted(set(state) - used):
+        why = _known_unused(k, config, prefix)
+        if why is None:
+            unexpected.append(k)
+        else:
+            skipped[k] = why
+    if missing or unexpected or mismatched:
+        lines = [f"{source} does not match {tried}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {missing}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}): {mismatched}")
+        raise CheckpointError("\n".join(lines))
+    for k, why in skipped.items():
+        log.info("skipped %s (%s)", k, why)
+    if fresh_head:
+        fresh = init_params(DynaBertModel(config),
+                            jax.random.PRNGKey(0) if rng is None else rng)
+        for e in head:
+            _set(params, e.path, _get(fresh, e.path))
+        log.warning("%s has no %s head: initialised it fresh (%s); fine-tune before use",
+                    source, config.head, ", ".join(sorted({e.key for e in head})))
+    return params
+
+
+def state_dict_from_params(config: ModelConfig, params,
+                           prefix: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """Our parameters as a Hugging Face state dict (contiguous float32 numpy arrays)."""
+    out = {}
+    for e in param_table(config, prefix):
+        value = np.asarray(_get(params, e.path), dtype=np.float32)
+        out[e.key] = np.ascontiguousarray(value.T if e.transpose else value)
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------
+
+
+def from_pretrained_pytorch(path, head: Optional[str] = None,
+                            num_labels: Optional[int] = None, *, dtype=jnp.float32,
+                            rng: Optional[jax.Array] = None, **config_overrides):
+    """Load a Hugging Face PyTorch BERT / RoBERTa checkpoint directory.
+
+    Args:
+      path: folder with ``config.json`` and ``model.safetensors`` (or
+        ``pytorch_model.bin``).
+      head: ``None`` (encoder only), ``"classification"``, ``"regression"`` or
+        ``"span"``. A head missing from the checkpoint is initialised from ``rng``.
+      num_labels: classes of the classification head; by default from the checkpoint.
+      dtype: computation dtype of the returned model (parameters stay float32).
+      **config_overrides: fields of :class:`ModelConfig` to override (e.g. dropout).
+
+    Returns:
+      ``(model, params)``: a :class:`DynaBertModel` and its full-size parameters.
+    """
+    hf = read_hf_config(path)
+    config = config_from_hf(hf, head=head, num_labels=num_labels, **config_overrides)
+    state = load_state_dict(path)
+    if num_labels is None and head == "classification":
+        for key in ("classifier.weight", "classifier.out_proj.weight"):
+            if key in state:  # the checkpoint's own head decides
+                config = dataclasses.replace(config, num_labels=state[key].shape[0])
+    params = params_from_state_dict(config, state, rng=rng, source=str(path))
+    return DynaBertModel(config, dtype=dtype), params
+
+
+_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",
+                    "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_pretrained_pytorch(model: DynaBertModel, params, out_dir, *,
+                            id2label: Optional[Mapping[int, str]] = None,
+                            tokenizer_dir=None) -> pathlib.Path:
+    """Write ``config.json`` + ``model.safetensors`` that stock transformers loads.
+
+    The full model is written with Hugging Face's key names (``bert.`` prefix when it has
+    a head). Files are written to a temporary folder and moved into place, so a crash
+    never leaves a half-written checkpoint. ``tokenizer_dir`` copies the tokenizer files
+    along.
+    """
+    from safetensors.numpy import save_file
+
+    out_dir = pathlib.Path(out_dir)
+    config = model.config
+    hf = config_to_hf(config, id2label)
+    state = state_dict_from_params(config, params)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    if tokenizer_dir is not None:
+        for name in _TOKENIZER_FILES:
+            src = pathlib.Path(tokenizer_dir) / name
+            if src.is_file():
+                shutil.copy2(src, tmp / name)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,226 @@
+"""Converters: every supported Hugging Face class, with and without prefix, round trips
+back to transformers, .bin safety and the errors a user sees on a bad checkpoint."""
+import json
+import pickle
+
+import numpy as np
+import jax
+import pytest
+import torch
+import transformers
+
+import dynabert_jax as dj
+from dynabert_jax import CheckpointError
+from dynabert_jax.convert import load_state_dict, param_table, state_dict_from_params
+
+SMALL = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+             intermediate_size=64, max_position_embeddings=40)
+
+
+def _batch(vocab=99, pad=0, seq=12):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, vocab, size=(3, seq))
+    mask = np.ones_like(ids)
+    mask[1, 8:] = 0
+    ids[mask == 0] = pad
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _save_hf(model, path, safe=True):
+    model.save_pretrained(str(path), safe_serialization=safe)
+    return path
+
+
+def _run_hf(model, batch):
+    with torch.no_grad():
+        return model(**{k: torch.as_tensor(v) for k, v in batch.items()})
+
+
+def _run_ours(model, params, batch):
+    return model.apply({"params": params}, batch["input_ids"],
+                       attention_mask=batch["attention_mask"])
+
+
+CASES = [
+    ("bert", transformers.BertForSequenceClassification, "classification", "logits"),
+    ("bert", transformers.BertForQuestionAnswering, "span", "span"),
+    ("bert", transformers.BertModel, None, "hidden"),
+    ("roberta", transformers.RobertaForSequenceClassification, "classification", "logits"),
+    ("roberta", transformers.RobertaModel, None, "hidden"),
+]
+
+
+@pytest.mark.parametrize("model_type, cls, head, what", CASES,
+                         ids=[c[1].__name__ for c in CASES])
+def test_load_every_supported_class(tmp_path, model_type, cls, head, what):
+    torch.manual_seed(0)
+    cfg_cls = transformers.BertConfig if model_type == "bert" else transformers.RobertaConfig
+    ref = cls(cfg_cls(**SMALL, num_labels=2 if head == "span" else 3)).eval()
+    path = _save_hf(ref, tmp_path / "ckpt")
+    model, params = dj.from_pretrained_pytorch(path, head=head)
+    pad = ref.config.pad_token_id
+    batch = _batch(pad=pad)
+    ours, theirs = _run_ours(model, params, batch), _run_hf(ref, batch)
+    if what == "logits":
+        assert model.config.num_labels == 3   # inferred from the checkpoint
+        np.testing.assert_allclose(ours.logits, theirs.logits.numpy(), atol=1e-5)
+    elif what == "span":
+        np.testing.assert_allclose(ours.start_logits, theirs.start_logits.numpy(), atol=1e-5)
+        np.testing.assert_allclose(ours.end_logits, theirs.end_logits.numpy(), atol=1e-5)
+    else:
+        m = batch["attention_mask"].astype(bool)
+        np.testing.assert_allclose(np.asarray(ours.last_hidden_state)[m],
+                                   theirs.last_hidden_state.numpy()[m], atol=1e-5)
+    # Round trip: export and reload give exactly the same parameters, and stock
+    # transformers loads the export into the same class with the same outputs.
+    out = dj.save_pretrained_pytorch(model, params, tmp_path / "export")
+    model2, params2 = dj.from_pretrained_pytorch(out, head=head)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda a, b: bool(np.array_equal(a, b)), params, params2))
+    reloaded = cls.from_pretrained(str(out), local_files_only=True).eval()
+    sd_a, sd_b = ref.state_dict(), reloaded.state_dict()
+    for k, v in sd_b.items():
+        if not k.endswith("position_ids"):
+            assert torch.equal(sd_a[k], v), k
+
+
+def test_prefix_optional_and_bin_with_weights_only(tmp_path):
+    torch.manual_seed(0)
+    ref = transformers.BertForSequenceClassification(
+        transformers.BertConfig(**SMALL, num_labels=2)).eval()
+    # Strip the "bert." prefix and save as pytorch_model.bin (torch.save of tensors only).
+    state = {k.removeprefix("bert."): v for k, v in ref.state_dict().items()}
+    d = tmp_path / "noprefix"
+    d.mkdir()
+    torch.save(state, d / "pytorch_model.bin")
+    (d / "config.json").write_text(json.dumps(ref.config.to_dict()))
+    model, params = dj.from_pretrained_pytorch(d, head="classification")
+    batch = _batch()
+    np.testing.assert_allclose(_run_ours(model, params, batch).logits,
+                               _run_hf(ref, batch).logits.numpy(), atol=1e-5)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_bin_is_never_unpickled(tmp_path):
+    d = tmp_path / "evil"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(transformers.BertConfig(**SMALL).to_dict()))
+    with open(d / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    with pytest.raises(CheckpointError, match="could not read weights"):
+        load_state_dict(d)
+
+
+def test_real_minilm_round_trip(tmp_path, minilm_path):
+    model, params = dj.from_pretrained_pytorch(minilm_path)
+    out = dj.save_pretrained_pytorch(model, params, tmp_path / "minilm",
+                                     tokenizer_dir=minilm_path)
+    assert (out / "vocab.txt").is_file() and (out / "tokenizer.json").is_file()
+    original = load_state_dict(minilm_path)
+    exported = load_state_dict(out)
+    assert set(exported) == {e.key for e in param_table(model.config)}
+    for k, v in exported.items():
+        np.testing.assert_array_equal(v, original[k])
+
+
+def test_fresh_head_on_pretrained_encoder(minilm_path, caplog):
+    model, params = dj.from_pretrained_pytorch(minilm_path, head="classification",
+                                               num_labels=3)
+    assert params["classifier"]["kernel"].shape == (384, 3)
+    assert "initialised it fresh" in caplog.text
+    model, params = dj.from_pretrained_pytorch(minilm_path, head="regression")
+    assert params["classifier"]["kernel"].shape == (384, 1)
+    model, params = dj.from_pretrained_pytorch(minilm_path, head="span")
+    assert "pooler" not in params and params["qa_outputs"]["kernel"].shape == (384, 2)
+
+
+# ----------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def bert_dir(tmp_path):
+    torch.manual_seed(0)
+    ref = transformers.BertForSequenceClassification(
+        transformers.BertConfig(**SMALL, num_labels=2))
+    return _save_hf(ref, tmp_path / "bert")
+
+
+def _rewrite(path, edit):
+    from safetensors.numpy import load_file, save_file
+
+    state = load_file(str(path / "model.safetensors"))
+    edit(state)
+    save_file(state, str(path / "model.safetensors"))
+
+
+def test_wrong_model_type(bert_dir):
+    cfg = json.loads((bert_dir / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (bert_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unsupported model_type 'gpt2'.*'bert'.*'roberta'"):
+        dj.from_pretrained_pytorch(bert_dir)
+
+
+def test_roberta_config_on_bert_weights(bert_dir):
+    cfg = json.loads((bert_dir / "config.json").read_text())
+    cfg["model_type"] = "roberta"
+    (bert_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not look like a roberta checkpoint"):
+        dj.from_pretrained_pytorch(bert_dir, head="classification")
+
+
+def test_missing_keys_are_all_named(bert_dir):
+    gone = ["bert.encoder.layer.1.output.dense.weight", "bert.pooler.dense.bias"]
+    _rewrite(bert_dir, lambda s: [s.pop(k) for k in gone])
+    with pytest.raises(CheckpointError) as e:
+        dj.from_pretrained_pytorch(bert_dir, head="classification")
+    msg = str(e.value)
+    assert "missing keys (2)" in msg and all(k in msg for k in gone)
+    assert "BertForSequenceClassification" in msg   # the model type that was tried
+
+
+def test_unexpected_keys_are_named(bert_dir):
+    _rewrite(bert_dir, lambda s: s.update({"bert.encoder.layer.9.extra.weight":
+                                           np.zeros(3, np.float32)}))
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\).*layer\.9\.extra"):
+        dj.from_pretrained_pytorch(bert_dir, head="classification")
+
+
+def test_shape_mismatch_names_key_and_shapes(bert_dir):
+    with pytest.raises(CheckpointError, match=r"classifier\.weight: checkpoint \[2, 32\], "
+                                              r"model expects \[5, 32\]"):
+        dj.from_pretrained_pytorch(bert_dir, head="classification", num_labels=5)
+
+
+def test_partial_head_is_an_error(bert_dir):
+    _rewrite(bert_dir, lambda s: s.pop("classifier.bias"))
+    with pytest.raises(CheckpointError, match="missing keys.*classifier.bias"):
+        dj.from_pretrained_pytorch(bert_dir, head="classification")
+
+
+def test_corrupted_and_absent_files(bert_dir, tmp_path):
+    (bert_dir / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="could not read weights"):
+        dj.from_pretrained_pytorch(bert_dir)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        dj.from_pretrained_pytorch(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="unsupported model_type None"):
+        dj.from_pretrained_pytorch(empty)
+
+
+def test_unexported_subnetwork_config_is_refused(tmp_path, minilm_path):
+    model, params = dj.from_pretrained_pytorch(minilm_path)
+    small, small_params = dj.extract_subnetwork(model, params, dj.SubNet(0.5, 0.5))
+    with pytest.raises(CheckpointError, match="dynabert_jax.export"):
+        dj.save_pretrained_pytorch(small, small_params, tmp_path / "x")
+    # Fewer layers and a narrower FFN alone are stock transformers models.
+    assert state_dict_from_params(small.config, small_params)

@@ -1,0 +1,221 @@
+"""The Flax model against Hugging Face PyTorch: real MiniLM weights and a random RoBERTa,
+full network and every (width, depth) of the grid; extraction; static recompilation."""
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+import torch
+import transformers
+
+import dynabert_jax as dj
+from dynabert_jax import SubNet
+from dynabert_jax.convert import params_from_state_dict, config_from_hf
+
+from torch_ref import pruned_copy, run
+
+GRID = [(w, d) for w in (1.0, 0.75, 0.5, 0.25) for d in (1.0, 0.75, 0.5)]
+FALLBACK_PAIRS = [
+    ("A man is playing a guitar on the stage.", "Someone plays music."),
+    ("The cat sat on the mat.", "A dog barked loudly at the mailman this morning, again."),
+    ("No one came.", "Nobody arrived at the party, although many had said they would."),
+    ("It rains.", "Weather."),
+]
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """Real sentence pairs: the first RTE dev rows when the shared data is there."""
+    from conftest import _shared_data_dir
+
+    rte = _shared_data_dir() / "glue" / "RTE" / "dev.tsv"
+    if rte.is_file():
+        rows = [line.rstrip("\n").split("\t") for line in rte.read_text().splitlines()[1:7]]
+        return [(r[1], r[2]) for r in rows]
+    return FALLBACK_PAIRS
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path, minilm_tokenizer, pairs):
+    model, params = dj.from_pretrained_pytorch(minilm_path)
+    ref = transformers.BertModel.from_pretrained(str(minilm_path), local_files_only=True).eval()
+    batch = dict(minilm_tokenizer([a for a, _ in pairs], [b for _, b in pairs],
+                                  padding="max_length", max_length=96, truncation=True,
+                                  return_tensors="np"))
+    assert batch["attention_mask"].sum(1).min() < 96, "need padded rows"
+    return model, params, ref, batch
+
+
+def _apply(model, params, batch, **kw):
+    return model.apply({"params": params}, batch["input_ids"],
+                       attention_mask=batch["attention_mask"],
+                       token_type_ids=batch.get("token_type_ids"), **kw)
+
+
+def _max_diff_real_tokens(ours, theirs, mask):
+    m = np.asarray(mask).astype(bool)
+    return max(float(np.abs(np.asarray(a)[m] - b.numpy()[m]).max())
+               for a, b in zip(ours, theirs))
+
+
+def test_full_network_parity_real_minilm(minilm):
+    model, params, ref, batch = minilm
+    out = _apply(model, params, batch)
+    r = run(ref, batch)
+    assert len(out.hidden_states) == 7 == len(r.hidden_states)
+    assert _max_diff_real_tokens(out.hidden_states, r.hidden_states,
+                                 batch["attention_mask"]) <= 1e-4
+    np.testing.assert_allclose(out.pooled_output, r.pooler_output.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("width, depth", GRID)
+def test_grid_parity_real_minilm(minilm, width, depth):
+    model, params, ref, batch = minilm
+    subnet = SubNet(width, depth)
+    out = _apply(model, params, batch, subnet=subnet)
+    r = run(pruned_copy(ref, width, depth), batch)
+    assert len(out.hidden_states) == subnet.num_layers(model.config) + 1 == len(r.hidden_states)
+    assert _max_diff_real_tokens(out.hidden_states, r.hidden_states,
+                                 batch["attention_mask"]) <= 1e-4
+    # The extracted dense sub-network computes the same thing with no slicing.
+    small_model, small_params = dj.extract_subnetwork(model, params, subnet)
+    small = _apply(small_model, small_params, batch)
+    for a, b in zip(small.hidden_states, out.hidden_states):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def random_roberta():
+    torch.manual_seed(0)
+    hf_cfg = transformers.RobertaConfig(
+        vocab_size=120, hidden_size=48, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=96, max_position_embeddings=40, num_labels=3)
+    ref = transformers.RobertaForSequenceClassification(hf_cfg).eval()
+    config = config_from_hf(hf_cfg.to_dict(), head="classification", num_labels=3)
+    state = {k: v.numpy() for k, v in ref.state_dict().items()}
+    params = params_from_state_dict(config, state)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 120, size=(3, 16))
+    mask = np.ones_like(ids)
+    mask[1, 10:] = 0
+    mask[2, 5:] = 0
+    ids[mask == 0] = hf_cfg.pad_token_id
+    ids[:, 0] = 0
+    return dj.DynaBertModel(config), params, ref, {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("width, depth", GRID)
+def test_grid_parity_random_roberta(random_roberta, width, depth):
+    model, params, ref, batch = random_roberta
+    out = _apply(model, params, batch, subnet=SubNet(width, depth))
+    r = run(pruned_copy(ref, width, depth), batch)
+    assert _max_diff_real_tokens(out.hidden_states, r.hidden_states,
+                                 batch["attention_mask"]) <= 1e-4
+    np.testing.assert_allclose(out.logits, r.logits.numpy(), atol=1e-4)
+
+
+def _tiny(head="classification", **kw):
+    cfg = dj.ModelConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4,
+                         num_attention_heads=4, intermediate_size=64, head=head, **kw)
+    model = dj.DynaBertModel(cfg)
+    return model, dj.init_params(model, jax.random.PRNGKey(1))
+
+
+def test_new_subnet_compiles_once_and_never_retraces():
+    model, params = _tiny()
+    traces = []
+
+    def forward(params, ids, subnet):
+        traces.append(subnet)
+        return model.apply({"params": params}, ids, subnet=subnet).logits
+
+    fwd = jax.jit(forward, static_argnames="subnet")
+    ids = jnp.ones((2, 8), jnp.int32)
+    order = [SubNet(1, 1), SubNet(.5, 1), SubNet(1, 1), SubNet(.5, .5), SubNet(.5, 1),
+             SubNet(0.5, 0.5), SubNet(1.0, 1.0)]
+    for s in order:
+        fwd(params, ids, s)
+    assert traces == [SubNet(1, 1), SubNet(.5, 1), SubNet(.5, .5)]
+    # Smaller sub-networks really compute less: static shapes, not masks.
+    flops = {s: fwd.lower(params, ids, s).compile().cost_analysis()["flops"]
+             for s in (SubNet(1, 1), SubNet(.25, .5))}
+    assert flops[SubNet(.25, .5)] < 0.3 * flops[SubNet(1, 1)]
+
+
+def test_masks_of_ones_change_nothing_and_zero_mask_equals_pruning():
+    model, params = _tiny()
+    ids = jax.random.randint(jax.random.PRNGKey(0), (2, 8), 1, 50)
+    cfg = model.config
+    base = model.apply({"params": params}, ids).logits
+    ones = model.apply({"params": params}, ids, head_mask=jnp.ones((4, 4)),
+                       ffn_mask=jnp.ones((4, 64))).logits
+    np.testing.assert_allclose(ones, base, atol=1e-6)
+    # Zeroing heads 2,3 and neurons 32.. everywhere is the width-0.5 sub-network.
+    hm = jnp.ones((4, 4)).at[:, 2:].set(0.0)
+    fm = jnp.ones((4, 64)).at[:, 32:].set(0.0)
+    masked = model.apply({"params": params}, ids, head_mask=hm, ffn_mask=fm).logits
+    half = model.apply({"params": params}, ids, subnet=SubNet(0.5)).logits
+    np.testing.assert_allclose(masked, half, atol=1e-5)
+    # Gradients w.r.t. the masks exist and have the masks' shapes.
+    g = jax.grad(lambda h, f: model.apply({"params": params}, ids, head_mask=h,
+                                          ffn_mask=f).logits.sum(), argnums=(0, 1))(
+        jnp.ones((4, 4)), jnp.ones((4, 64)))
+    assert g[0].shape == (4, 4) and g[1].shape == (4, 64)
+    assert float(jnp.abs(g[0]).sum()) > 0
+    with pytest.raises(ValueError, match="head_mask must have shape"):
+        model.apply({"params": params}, ids, head_mask=jnp.ones((4, 2)))
+    assert cfg.num_labels == 2
+
+
+def test_dropout_only_when_not_deterministic():
+    model, params = _tiny()
+    ids = jnp.ones((2, 8), jnp.int32)
+    a = model.apply({"params": params}, ids, deterministic=True).hidden_states[-1]
+    b = model.apply({"params": params}, ids, deterministic=True).hidden_states[-1]
+    np.testing.assert_array_equal(a, b)
+    c = model.apply({"params": params}, ids, deterministic=False,
+                    rngs={"dropout": jax.random.PRNGKey(0)}).hidden_states[-1]
+    d = model.apply({"params": params}, ids, deterministic=False,
+                    rngs={"dropout": jax.random.PRNGKey(1)}).hidden_states[-1]
+    assert not np.allclose(a, c) and not np.allclose(c, d)
+
+
+def test_bfloat16_compute_float32_params():
+    model, params = _tiny()
+    bf16 = dj.DynaBertModel(model.config, dtype=jnp.bfloat16)
+    ids = jax.random.randint(jax.random.PRNGKey(0), (2, 8), 1, 50)
+    out32 = model.apply({"params": params}, ids, subnet=SubNet(.5, .5))
+    out16 = bf16.apply({"params": params}, ids, subnet=SubNet(.5, .5))
+    assert out16.hidden_states[-1].dtype == jnp.bfloat16
+    assert out16.logits.dtype == jnp.float32
+    np.testing.assert_allclose(out16.logits, out32.logits, atol=5e-2)
+
+
+def test_heads_outputs():
+    ids = jnp.ones((2, 8), jnp.int32)
+    for head, shape in [("classification", (2, 2)), ("regression", (2, 1)),
+                        ("span", (2, 8, 2)), (None, None)]:
+        model, params = _tiny(head)
+        out = model.apply({"params": params}, ids, output_attentions=True,
+                          subnet=SubNet(.75, .75))
+        assert (None if out.logits is None else out.logits.shape) == shape
+        assert len(out.attentions) == 3 and out.attentions[0].shape == (2, 3, 8, 8)
+        assert ("pooler" in params) == (head != "span")
+    model, params = _tiny("span")
+    out = model.apply({"params": params}, ids)
+    assert out.start_logits.shape == out.end_logits.shape == (2, 8)
+
+
+def test_padding_row_starts_at_zero():
+    _, params = _tiny()
+    assert float(jnp.abs(params["embeddings"]["word_embeddings"]["embedding"][0]).max()) == 0
+
+
+def test_bad_subnet_in_forward():
+    model, params = _tiny()
+    ids = jnp.ones((1, 4), jnp.int32)
+    with pytest.raises(ValueError, match="keeps no attention head"):
+        model.apply({"params": params}, ids, subnet=SubNet(0.1))   # round(0.4) = 0 heads
+    with pytest.raises(ValueError, match="keeps no layer"):
+        model.apply({"params": params}, ids, subnet=SubNet(1.0, 0.1))
+    with pytest.raises(TypeError, match="SubNet"):
+        model.apply({"params": params}, ids, subnet=0.5)
