@@ -1,0 +1,264 @@
+"""Batch iterators over tokenized arrays (numpy only; jax is imported lazily).
+
+``arrays`` is a dict of equal-length numpy arrays, e.g. the output of
+`tokenize_dataset`: ``input_ids``/``attention_mask``/``token_type_ids`` int32
+``[n, seq]`` and ``labels`` ``[n]``. A batch is a dict with the same keys and
+leading dimension ``batch``.
+
+Guarantees:
+
+* **Training order is a pure function of (seed, epoch).** The permutation of epoch
+  ``e`` is ``np.random.default_rng([seed, e]).permutation(n)``; batch ``s`` of that
+  epoch holds rows ``perm[s*B:(s+1)*B]``. A run resumed at (epoch, step) with
+  ``start_step`` sees exactly the batches an uninterrupted run would have seen.
+* **Static shapes.** Training drops the last partial batch by default; evaluation
+  pads it to ``batch_size`` with copies of a real row that carry ``weight == 0``.
+* **Every eval example counts exactly once**: over `eval_batches`, ``weight`` sums
+  to n and the rows with ``weight == 1``, in order, are the dataset rows 0..n-1.
+* **Global batches.** All processes build the same global batch (same seed);
+  `process_slice` cuts out this process's rows for a data-parallel mesh axis.
+* `prefetch` runs any batch iterator in a background thread with a bounded queue.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+
+Batch = Dict[str, np.ndarray]
+
+
+def num_examples(arrays: Dict[str, np.ndarray]) -> int:
+    """Number of rows; checks that all arrays agree."""
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if not lengths:
+        raise ValueError("arrays is empty")
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"arrays have different lengths: {lengths}")
+    return next(iter(lengths.values()))
+
+
+def steps_per_epoch(num_rows: int, batch_size: int, drop_remainder: bool = True) -> int:
+    """Training steps in one epoch: ``n // B`` (drop_remainder) or ``ceil(n / B)``."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return num_rows // batch_size if drop_remainder else -(-num_rows // batch_size)
+
+
+def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The row order of `epoch`: int64 ``[n]``, a pure function of (seed, epoch)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_rows)
+
+
+def resume_position(global_step: int, steps_in_epoch: int) -> Tuple[int, int]:
+    """(epoch, step within epoch) of the next batch after `global_step` steps."""
+    if steps_in_epoch <= 0:
+        raise ValueError("an epoch must have at least one step")
+    return divmod(int(global_step), steps_in_epoch)
+
+
+def _take(arrays: Dict[str, np.ndarray], idx: np.ndarray, keys: Optional[Sequence[str]]) -> Batch:
+    return {k: arrays[k][idx] for k in (keys or arrays)}
+
+
+def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epoch: int,
+                  start_step: int = 0, drop_remainder: bool = True, shuffle: bool = True,
+                  keys: Optional[Sequence[str]] = None) -> Iterator[Batch]:
+    """Yield the training batches of one epoch, from batch `start_step` on.
+
+    Args:
+      arrays: dict of ``[n, ...]`` arrays.
+      batch_size: global batch size B.
+      seed, epoch: determine the order (see module docstring).
+      start_step: index of the first batch to yield (resume mid-epoch).
+      drop_remainder: drop the last ``n % B`` rows (static shapes); if False the
+        last batch is smaller.
+      shuffle: False keeps file order (for debugging).
+      keys: subset of keys to put in the batches (default all).
+    Yields:
+      dicts of ``[B, ...]`` arrays.
+    """
+    n = num_examples(arrays)
+    steps = steps_per_epoch(n, batch_size, drop_remainder)
+    if steps == 0:
+        raise ValueError(f"{n} examples make no full batch of {batch_size}")
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step {start_step} outside [0, {steps}]")
+    order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
+    for s in range(start_step, steps):
+        yield _take(arrays, order[s * batch_size:(s + 1) * batch_size], keys)
+
+
+def train_stream(arrays: Dict[str, np.ndarray], batch_size: int, seed: int,
+                 start_global_step: int = 0, num_steps: Optional[int] = None,
+                 keys: Optional[Sequence[str]] = None) -> Iterator[Batch]:
+    """Batches over consecutive epochs, starting after `start_global_step` steps.
+
+    Equivalent to concatenating ``train_batches(..., epoch=e)`` for e = 0, 1, ...
+    and skipping the first `start_global_step` batches (without computing them).
+    Stops after `num_steps` batches (None: never).
+    """
+    n = num_examples(arrays)
+    spe = steps_per_epoch(n, batch_size)
+    epoch, step = resume_position(start_global_step, spe)
+    done = 0
+    while num_steps is None or done < num_steps:
+        for batch in train_batches(arrays, batch_size, seed, epoch, start_step=step, keys=keys):
+            if num_steps is not None and done >= num_steps:
+                return
+            yield batch
+            done += 1
+        epoch, step = epoch + 1, 0
+
+
+def num_eval_batches(num_rows: int, batch_size: int) -> int:
+    return -(-num_rows // batch_size)
+
+
+def eval_batches(arrays: Dict[str, np.ndarray], batch_size: int,
+                 keys: Optional[Sequence[str]] = None) -> Iterator[Batch]:
+    """Yield evaluation batches in dataset order, all of size `batch_size`.
+
+    The last partial batch is filled with copies of its last real row, marked
+    ``weight == 0``.
+
+    Yields:
+      dicts of ``[B, ...]`` arrays plus ``weight``: float32 ``[B]``, 1 for a real
+      example, 0 for padding.
+    """
+    n = num_examples(arrays)
+    if n == 0:
+        return
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        idx = np.arange(lo, lo + batch_size)
+        weight = (idx < hi).astype(np.float32)
+        idx = np.minimum(idx, hi - 1)
+        batch = _take(arrays, idx, keys)
+        batch["weight"] = weight
+        yield batch
+
+
+def unpad(values, weight) -> np.ndarray:
+    """Keep the rows of `values` (``[N, ...]``) whose `weight` (``[N]``) is non-zero.
+
+    Use on outputs concatenated over `eval_batches` to get one row per example.
+    """
+    values = np.asarray(values)
+    weight = np.asarray(weight)
+    if len(values) != len(weight):
+        raise ValueError(f"{len(values)} values but {len(weight)} weights")
+    return values[weight > 0]
+
+
+def process_slice(batch: Batch, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Batch:
+    """This process's contiguous share of a global batch.
+
+    With P processes, process i gets rows ``[i*B/P, (i+1)*B/P)`` of every array,
+    matching a batch sharded over the data axis of a device mesh in process order
+    (e.g. `jax.make_array_from_process_local_data`). Defaults to
+    ``jax.process_index()`` / ``jax.process_count()``.
+    """
+    if process_index is None or process_count is None:
+        import jax  # lazily: the rest of this module is numpy-only
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    b = num_examples(batch)
+    if b % process_count:
+        raise ValueError(f"global batch {b} is not divisible by {process_count} processes")
+    per = b // process_count
+    lo = process_index * per
+    return {k: v[lo:lo + per] for k, v in batch.items()}
+
+
+_END = object()
+
+
+class prefetch:  # noqa: N801 - used like a function: ``for b in prefetch(it): ...``
+    """Run `iterator` in a background thread, `buffer_size` items ahead.
+
+    Args:
+      iterator: any iterable of batches.
+      buffer_size: bound of the queue (items produced but not consumed).
+      transform: optional function applied in the background thread to each item
+        (e.g. ``jax.device_put`` with a sharding) so the host never stalls the device.
+
+    Exceptions raised by the producer are re-raised in the consumer. Use as a
+    context manager, or call `close()`, to stop the thread early.
+    """
+
+    def __init__(self, iterator: Iterable, buffer_size: int = 2,
+                 transform: Optional[Callable] = None):
+        if buffer_size < 1:
+            raise ValueError("buffer_size must be >= 1")
+        self._queue: "queue.Queue" = queue.Queue(maxsize=buffer_size)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(iter(iterator), transform),
+                                        name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, it, transform):
+        try:
+            for item in it:
+                if transform is not None:
+                    item = transform(item)
+                if not self._put((True, item)):
+                    return
+        except BaseException as e:  # forwarded to the consumer
+            self._put((False, e))
+            return
+        self._put((True, _END))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        ok, item = self._queue.get()
+        if not ok:
+            self._done = True
+            raise item
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stop the producer thread and drop buffered items."""
+        self._done = True
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self._stop.set()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

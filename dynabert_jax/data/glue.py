@@ -1,0 +1,415 @@
+"""Readers for GLUE TSVs and for a user's own TSV/CSV/JSONL files.
+
+Both return a `datasets.Dataset` with the task's text columns (strings, exactly as
+in the file), a ``label`` column (`datasets.ClassLabel` ids for classification,
+float32 for regression) and an ``idx`` column (0-based data-row number).
+
+GLUE files are parsed here line by line rather than with ``load_dataset("csv")``:
+
+* quoting is disabled (sentences hold unbalanced ``"``), and no value is turned
+  into a missing value (a sentence reading ``NA`` or ``null`` stays a string);
+* lines are split on ``\\n`` only (a stray ``\\r`` or U+2028 inside a sentence
+  does not start a new row); a byte-order mark at the start of the file (the MRPC
+  header) is dropped, one inside a row (QNLI dev index 60) is kept;
+* every problem is reported as ``<file>:<line>: <what is wrong>`` with 1-based
+  line numbers as an editor shows them.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from dynabert_jax.data.tasks import GlueTask, get_task
+
+# Split spellings accepted in addition to the registry's own.
+_SPLIT_ALIASES = {
+    "validation": "dev", "valid": "dev", "eval": "dev",
+    "validation_matched": "dev_matched", "validation_mismatched": "dev_mismatched",
+}
+
+
+class DataFormatError(ValueError):
+    """A data file that cannot be read as the task expects (names file and line)."""
+
+
+def _where(path, lineno: Optional[int] = None) -> str:
+    return f"{path}:{lineno}" if lineno is not None else str(path)
+
+
+def _read_lines(path) -> Iterator[Tuple[int, str]]:
+    """Yield ``(line_number, text)`` for every line of a UTF-8 file.
+
+    Splits on ``\\n`` only, drops one trailing ``\\r`` (CRLF files), strips a
+    leading byte-order mark from the first line. Raises `DataFormatError` for an
+    empty file or bytes that are not UTF-8.
+    """
+    with open(path, "rb") as f:
+        lineno = 0
+        for lineno, raw in enumerate(f, start=1):
+            if raw.endswith(b"\n"):
+                raw = raw[:-1]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(
+                    f"{_where(path, lineno)}: not valid UTF-8 ({e.reason} at byte {e.start})"
+                ) from None
+            yield lineno, text
+        if lineno == 0:
+            raise DataFormatError(f"{path}: file is empty")
+
+
+def file_sha256(path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# GLUE
+
+
+def resolve_split(task: GlueTask, split: str) -> str:
+    """Map a user split name (``"validation"``) to one of ``task.splits``."""
+    s = _SPLIT_ALIASES.get(split, split)
+    if task.name == "mnli" and s == "dev":
+        raise KeyError(
+            "MNLI has two dev splits: use split='dev_matched' or split='dev_mismatched'")
+    if s not in task.split_files:
+        raise KeyError(f"task {task.name!r} has no split {split!r}; "
+                       f"splits: {', '.join(task.splits)}")
+    return s
+
+
+def _layout_hint(data_dir, task: GlueTask) -> str:
+    files = ", ".join(f"<data_dir>/{task.dir_name}/{f}" for f in task.split_files.values())
+    return (f"Expected the official GLUE layout <data_dir>/<TASK>/<split>.tsv "
+            f"(TASK folders: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE), "
+            f"here {files} with <data_dir> = {data_dir}")
+
+
+def _resolve_columns(path, header: List[str], wanted, what: str) -> List[int]:
+    idx = []
+    for col in wanted:
+        if isinstance(col, int):
+            idx.append(col)
+        elif col in header:
+            idx.append(header.index(col))
+        else:
+            raise DataFormatError(
+                f"{_where(path, 1)}: header has no {what} column {col!r}; "
+                f"header columns: {header}")
+    return idx
+
+
+def _parse_label(path, lineno, raw: str, label_list, is_regression, label_range, task_name):
+    if is_regression:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise DataFormatError(
+                f"{_where(path, lineno)}: label {raw!r} is not a number "
+                f"(task {task_name} is a regression task)") from None
+        if not math.isfinite(value):
+            raise DataFormatError(f"{_where(path, lineno)}: label {raw!r} is not finite")
+        if label_range is not None and not (label_range[0] <= value <= label_range[1]):
+            raise DataFormatError(
+                f"{_where(path, lineno)}: label {value} is outside the range "
+                f"[{label_range[0]}, {label_range[1]}] of task {task_name}")
+        return value
+    try:
+        return label_list.index(raw)
+    except ValueError:
+        raise DataFormatError(
+            f"{_where(path, lineno)}: label {raw!r} is not in the label set "
+            f"{list(label_list)} of task {task_name}") from None
+
+
+def read_glue_tsv(path, task) -> Dict[str, list]:
+    """Parse one GLUE TSV into columns ``{*task.text_columns, "label", "idx"}``.
+
+    Args:
+      path: the TSV file.
+      task: a `GlueTask` or task name.
+    Returns:
+      dict of equal-length lists: text columns (str), ``label`` (int id or float),
+      ``idx`` (0-based data-row number).
+    Raises:
+      DataFormatError: empty file, header without the expected columns, a row whose
+        field count differs from the header's (or from 4 for CoLA), a label outside
+        the task's label set; the message names the file and the 1-based line.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    lines = _read_lines(path)
+    if task.has_header:
+        try:
+            _, head = next(lines)
+        except StopIteration:  # pragma: no cover - _read_lines raises first
+            raise DataFormatError(f"{path}: file is empty") from None
+        header = head.split("\t")
+        n_fields = len(header)
+        text_idx = _resolve_columns(path, header, task.file_text_columns, "text")
+        (label_idx,) = _resolve_columns(path, header, [task.file_label_column], "label")
+        fields_hint = "as in the header"
+    else:
+        n_fields = 4  # CoLA: source, label, original mark, sentence
+        text_idx = list(task.file_text_columns)
+        label_idx = task.file_label_column
+        fields_hint = f"a {task.dir_name} file has no header and {n_fields} columns"
+
+    cols: Dict[str, list] = {c: [] for c in task.text_columns}
+    labels: list = []
+    for lineno, line in lines:
+        fields = line.split("\t")
+        if len(fields) != n_fields:
+            raise DataFormatError(
+                f"{_where(path, lineno)}: expected {n_fields} tab-separated fields "
+                f"({fields_hint}), got {len(fields)}")
+        for name, i in zip(task.text_columns, text_idx):
+            cols[name].append(fields[i])
+        labels.append(_parse_label(path, lineno, fields[label_idx], task.label_list,
+                                   task.is_regression, task.label_range, task.name))
+    if not labels:
+        raise DataFormatError(f"{path}: no data rows"
+                              + (" after the header" if task.has_header else ""))
+    cols["label"] = labels
+    cols["idx"] = list(range(len(labels)))
+    return cols
+
+
+def _features(text_columns: Sequence[str], label_list, is_regression):
+    import datasets
+
+    feats = {c: datasets.Value("string") for c in text_columns}
+    if is_regression:
+        feats["label"] = datasets.Value("float32")
+    else:
+        feats["label"] = datasets.ClassLabel(names=[str(x) for x in label_list])
+    feats["idx"] = datasets.Value("int32")
+    return datasets.Features(feats)
+
+
+def load_glue(task, data_dir=None, split: str = "train", source: str = "local"):
+    """Load one split of a GLUE task as a `datasets.Dataset`.
+
+    Args:
+      task: task name (``"rte"``, ``"sst2"``, ...; folder names like ``"SST-2"``
+        work too).
+      data_dir: GLUE root in the official layout ``<data_dir>/<TASK>/<split>.tsv``.
+        Not used when ``source="hub"``.
+      split: ``"train"``, ``"dev"`` (``"validation"`` works too); MNLI has
+        ``"dev_matched"`` and ``"dev_mismatched"``.
+      source: ``"local"`` (read the TSV) or ``"hub"`` (``load_dataset("nyu-mll/glue",
+        task)``; needs network; converted to the same columns and label ids).
+    Returns:
+      Dataset with columns ``task.text_columns`` (str), ``label`` (ClassLabel ids
+      ordered as ``task.label_list``, or float32 for STS-B) and ``idx`` (int32).
+      ``ds.info.description`` records the file path and its SHA-256.
+    Raises:
+      FileNotFoundError: missing split file (message shows the expected layout).
+      DataFormatError: malformed file (message names the file and line).
+    """
+    import datasets
+
+    t = get_task(task) if isinstance(task, str) else task
+    split = resolve_split(t, split)
+    if source == "hub":
+        return _load_glue_hub(t, split)
+    if source != "local":
+        raise ValueError(f"source must be 'local' or 'hub', got {source!r}")
+    if data_dir is None:
+        raise ValueError("load_glue(..., source='local') needs data_dir, the GLUE root")
+    path = t.split_path(data_dir, split)
+    if not os.path.isfile(path):
+        missing = path if os.path.isdir(data_dir) else f"{data_dir} (no such directory)"
+        raise FileNotFoundError(
+            f"GLUE {t.name} {split} file not found: {missing}. {_layout_hint(data_dir, t)}")
+    cols = read_glue_tsv(path, t)
+    features = _features(t.text_columns, t.label_list, t.is_regression)
+    info = datasets.DatasetInfo(
+        description=json.dumps({"task": t.name, "split": split, "path": os.path.abspath(path),
+                                "sha256": file_sha256(path)}),
+        features=features)
+    return datasets.Dataset.from_dict(cols, features=features, info=info)
+
+
+def from_hub_dataset(task, hub_ds):
+    """Convert a hub ``nyu-mll/glue`` split to our columns and label ids.
+
+    Hub label ids are mapped by name (the hub orders MNLI labels differently);
+    unlabeled rows (test splits, label -1) are rejected.
+    """
+    import datasets
+
+    t = get_task(task) if isinstance(task, str) else task
+    n = len(hub_ds)
+    cols = {c: list(hub_ds[c]) for c in t.text_columns}
+    raw = list(hub_ds["label"])
+    if t.is_regression:
+        labels = [float(x) for x in raw]
+    else:
+        feat = hub_ds.features["label"]
+        hub_names = list(getattr(feat, "names", []) or [])
+        if hub_names and all(nm in t.label_list for nm in hub_names):
+            remap = [t.label_list.index(nm) for nm in hub_names]   # mnli, qnli, rte
+        else:
+            remap = list(range(len(t.label_list)))                  # 0/1 tasks
+        if any(x < 0 or x >= len(remap) for x in raw):
+            raise DataFormatError(f"hub {t.name}: labels outside 0..{len(remap) - 1} "
+                                  "(a test split has no labels)")
+        labels = [remap[x] for x in raw]
+    cols["label"] = labels
+    cols["idx"] = list(range(n))
+    return datasets.Dataset.from_dict(
+        cols, features=_features(t.text_columns, t.label_list, t.is_regression))
+
+
+def _load_glue_hub(t: GlueTask, split: str):  # pragma: no cover - needs network
+    import datasets
+
+    hub_ds = datasets.load_dataset("nyu-mll/glue", t.name, split=t.hub_splits[split])
+    return from_hub_dataset(t, hub_ds)
+
+
+# ---------------------------------------------------------------------------
+# User files
+
+
+def _custom_rows(path, fmt: str, column_names) -> Iterator[Tuple[int, Dict[str, object]]]:
+    """Yield ``(line_number, {column: value})`` rows of a TSV/CSV/JSONL file."""
+    if fmt == "jsonl":
+        seen = False
+        for lineno, line in _read_lines(path):
+            if not line.strip():
+                continue
+            seen = True
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{_where(path, lineno)}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(f"{_where(path, lineno)}: expected a JSON object per line")
+            yield lineno, obj
+        if not seen:
+            raise DataFormatError(f"{path}: no data rows")
+        return
+
+    if fmt == "tsv":
+        lines = _read_lines(path)
+        split_line = lambda s: s.split("\t")  # noqa: E731 - quoting disabled, GLUE style
+        records = ((n, split_line(s)) for n, s in lines)
+    else:  # csv with standard quoting; line numbers follow the reader
+        with open(path, "rb") as fb:
+            data = fb.read()
+        if not data:
+            raise DataFormatError(f"{path}: file is empty")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+
+        def _records():
+            start = 1
+            for rec in reader:
+                yield start, rec
+                start = reader.line_num + 1
+        records = _records()
+
+    if column_names is None:
+        try:
+            _, header = next(records)
+        except StopIteration:
+            raise DataFormatError(f"{path}: file is empty") from None
+    else:
+        header = list(column_names)
+    seen = False
+    for lineno, fields in records:
+        if fields == [""] or fields == []:
+            continue  # blank line (e.g. trailing)
+        seen = True
+        if len(fields) != len(header):
+            raise DataFormatError(
+                f"{_where(path, lineno)}: expected {len(header)} fields (columns {header}), "
+                f"got {len(fields)}")
+        yield lineno, dict(zip(header, fields))
+    if not seen:
+        raise DataFormatError(f"{path}: no data rows")
+
+
+def load_custom(path, text_columns: Sequence[str], label_column: str = "label",
+                label_list: Optional[Sequence] = None, is_regression: bool = False,
+                column_names: Optional[Sequence[str]] = None, format: Optional[str] = None):
+    """Load a user's own task from a TSV, CSV or JSONL file.
+
+    Args:
+      path: ``.tsv`` (tab-separated, no quoting, GLUE style), ``.csv`` (standard CSV
+        quoting) or ``.jsonl`` (one JSON object per line) file.
+      text_columns: 1 or 2 column names holding the texts.
+      label_column: column holding the label.
+      label_list: classification labels in id order, compared as strings
+        (``["neg", "pos"]``). ``None``: the sorted set of labels in this file --
+        pass it explicitly so train and dev agree.
+      is_regression: float labels instead of classes.
+      column_names: names of the columns of a TSV/CSV without a header line.
+      format: ``"tsv"``, ``"csv"`` or ``"jsonl"``; default from the extension.
+    Returns:
+      Dataset with the text columns, ``label`` (ClassLabel ids or float32), ``idx``.
+    """
+    import datasets
+
+    path = os.fspath(path)
+    text_columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    if not 1 <= len(text_columns) <= 2:
+        raise ValueError(f"text_columns must name 1 or 2 columns, got {text_columns}")
+    fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
+    if fmt not in ("tsv", "csv", "jsonl"):
+        raise ValueError(f"{path}: unknown format {fmt!r}; use .tsv, .csv or .jsonl "
+                         "(or pass format=)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+
+    texts: Dict[str, list] = {c: [] for c in text_columns}
+    raw_labels, linenos = [], []
+    for lineno, row in _custom_rows(path, fmt, column_names):
+        for c in (*text_columns, label_column):
+            if c not in row:
+                raise DataFormatError(f"{_where(path, lineno)}: no column {c!r}; "
+                                      f"columns: {list(row)}")
+        for c in text_columns:
+            v = row[c]
+            if not isinstance(v, str):
+                raise DataFormatError(f"{_where(path, lineno)}: column {c!r} is not a string: {v!r}")
+            texts[c].append(v)
+        raw_labels.append(row[label_column])
+        linenos.append(lineno)
+
+    if is_regression:
+        labels = [_parse_label(path, n, str(x), None, True, None, "custom")
+                  for n, x in zip(linenos, raw_labels)]
+        label_list = None
+    else:
+        as_str = [x if isinstance(x, str) else json.dumps(x) for x in raw_labels]
+        if label_list is None:
+            label_list = sorted(set(as_str))
+        label_list = tuple(str(x) for x in label_list)
+        labels = [_parse_label(path, n, x, label_list, False, None, "custom")
+                  for n, x in zip(linenos, as_str)]
+    texts["label"] = labels
+    texts["idx"] = list(range(len(labels)))
+    features = _features(text_columns, label_list, is_regression)
+    info = datasets.DatasetInfo(description=json.dumps(
+        {"path": os.path.abspath(path), "sha256": file_sha256(path)}), features=features)
+    return datasets.Dataset.from_dict(texts, features=features, info=info)

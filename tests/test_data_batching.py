@@ -1,0 +1,143 @@
+"""Batching: deterministic shuffling, resume, eval padding, process slicing, prefetch."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dynabert_jax import data, metrics
+
+
+def _arrays(n, seq=8):
+    ids = np.arange(n * seq, dtype=np.int32).reshape(n, seq)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids), "labels": (np.arange(n) % 3).astype(np.int32),
+            "row": np.arange(n)}
+
+
+def _rows(batches):
+    return [b["row"].tolist() for b in batches]
+
+
+def test_train_order_is_a_pure_function_of_seed_and_epoch():
+    a = _arrays(103)
+    e0 = _rows(data.train_batches(a, 10, seed=7, epoch=0))
+    assert e0 == _rows(data.train_batches(a, 10, seed=7, epoch=0))
+    assert e0 != _rows(data.train_batches(a, 10, seed=7, epoch=1))
+    assert e0 != _rows(data.train_batches(a, 10, seed=8, epoch=0))
+    # documented definition: rows perm[s*B:(s+1)*B] of default_rng([seed, epoch])
+    perm = np.random.default_rng([7, 0]).permutation(103)
+    assert e0 == [perm[s * 10:(s + 1) * 10].tolist() for s in range(10)]
+    # drop_remainder: 10 full batches, no row twice
+    flat = sum(e0, [])
+    assert len(e0) == 10 == data.steps_per_epoch(103, 10) and len(set(flat)) == 100
+    for b in data.train_batches(a, 10, seed=7, epoch=0):
+        assert b["input_ids"].shape == (10, 8) and b["input_ids"].dtype == np.int32
+        np.testing.assert_array_equal(b["input_ids"], a["input_ids"][b["row"]])
+        np.testing.assert_array_equal(b["labels"], a["labels"][b["row"]])
+
+
+def test_resume_mid_epoch_sees_the_same_batches():
+    a = _arrays(64)
+    full = _rows(data.train_batches(a, 8, seed=3, epoch=2))
+    resumed = _rows(data.train_batches(a, 8, seed=3, epoch=2, start_step=5))
+    assert resumed == full[5:]
+    # a stream over epochs, resumed at any global step, continues identically
+    spe = data.steps_per_epoch(64, 8)
+    stream = _rows(data.train_stream(a, 8, seed=3, num_steps=3 * spe))
+    assert stream == sum((_rows(data.train_batches(a, 8, 3, e)) for e in range(3)), [])
+    for g in (0, 5, spe, spe + 3, 2 * spe + 7):
+        assert _rows(data.train_stream(a, 8, seed=3, start_global_step=g,
+                                       num_steps=3 * spe - g)) == stream[g:]
+    assert data.resume_position(spe + 3, spe) == (1, 3)
+
+
+def test_no_drop_remainder_and_errors():
+    a = _arrays(10)
+    sizes = [len(b["row"]) for b in data.train_batches(a, 4, 0, 0, drop_remainder=False)]
+    assert sizes == [4, 4, 2]
+    with pytest.raises(ValueError, match="no full batch"):
+        list(data.train_batches(a, 16, 0, 0))
+    with pytest.raises(ValueError, match="different lengths"):
+        data.num_examples({"a": np.zeros(3), "b": np.zeros(4)})
+
+
+@pytest.mark.parametrize("n,batch", [(277, 32), (5, 8), (64, 16), (1, 1), (101, 100)])
+def test_eval_counts_every_example_exactly_once(n, batch):
+    a = _arrays(n)
+    batches = list(data.eval_batches(a, batch))
+    assert len(batches) == data.num_eval_batches(n, batch) == -(-n // batch)
+    for b in batches:
+        assert b["input_ids"].shape == (batch, 8)      # static shape, last batch too
+        assert b["weight"].dtype == np.float32
+        assert set(np.unique(b["weight"])) <= {0.0, 1.0}
+    weight = np.concatenate([b["weight"] for b in batches])
+    rows = np.concatenate([b["row"] for b in batches])
+    assert weight.sum() == n
+    # the real rows, in order, are exactly 0..n-1: each example counted once
+    np.testing.assert_array_equal(data.unpad(rows, weight), np.arange(n))
+    assert (weight[:n] == 1).all() and (weight[n:] == 0).all()
+
+
+def test_weighted_eval_metric_on_real_rte_dev(glue_dir, minilm_tokenizer):
+    """A 'model' that is right on even rows: accuracy over padded batches must be
+    exactly the fraction over the 277 real examples."""
+    ds = data.load_glue("rte", glue_dir, "dev")
+    arrays = data.tokenize_dataset(ds, minilm_tokenizer, "rte", 32)
+    arrays["row"] = np.arange(len(ds))
+    preds, labels, weights = [], [], []
+    for b in data.eval_batches(arrays, 50):            # 277 = 5 * 50 + 27
+        p = np.where(b["row"] % 2 == 0, b["labels"], 1 - b["labels"])
+        preds.append(p), labels.append(b["labels"]), weights.append(b["weight"])
+    w = np.concatenate(weights)
+    p, y = data.unpad(np.concatenate(preds), w), data.unpad(np.concatenate(labels), w)
+    assert len(p) == 277
+    assert metrics.glue("rte", p, y)["acc"] == pytest.approx(139 / 277)
+    weighted = float((np.concatenate(preds) == np.concatenate(labels)) @ w / w.sum())
+    assert weighted == pytest.approx(139 / 277)
+
+
+def test_process_slice():
+    a = _arrays(24)
+    batch = next(data.train_batches(a, 12, seed=0, epoch=0))
+    parts = [data.process_slice(batch, i, 4) for i in range(4)]
+    for k in batch:
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), batch[k])
+    assert parts[1]["row"].tolist() == batch["row"][3:6].tolist()
+    with pytest.raises(ValueError, match="not divisible"):
+        data.process_slice(batch, 0, 5)
+    with pytest.raises(ValueError, match="process_index"):
+        data.process_slice(batch, 4, 4)
+    single = data.process_slice(batch)                 # jax: process 0 of 1
+    np.testing.assert_array_equal(single["row"], batch["row"])
+
+
+def test_prefetch_same_items_bounded_and_errors():
+    a = _arrays(50)
+    direct = _rows(data.train_batches(a, 5, 1, 0))
+    assert _rows(data.prefetch(data.train_batches(a, 5, 1, 0), buffer_size=3)) == direct
+
+    produced = []
+
+    def slow_source():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    it = data.prefetch(slow_source(), buffer_size=2, transform=lambda x: x * 10)
+    assert next(it) == 0
+    time.sleep(0.2)
+    assert len(produced) <= 1 + 2 + 1        # consumed + queue bound + one in hand
+    assert next(it) == 10
+    it.close()
+    assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate()
+                   if t is it._thread)
+
+    def failing():
+        yield 1
+        raise RuntimeError("bad batch")
+
+    with data.prefetch(failing()) as it:
+        assert next(it) == 1
+        with pytest.raises(RuntimeError, match="bad batch"):
+            next(it)

@@ -1,0 +1,112 @@
+"""Tokenization: parity with the Hugging Face tokenizer's own output, and the cache."""
+import copy
+import os
+
+import numpy as np
+import pytest
+
+from dynabert_jax import data
+from dynabert_jax.data import features as features_mod
+
+
+@pytest.mark.parametrize("task", ["sst2", "rte"])
+def test_ids_equal_hf_tokenizer(glue_dir, minilm_tokenizer, task):
+    ds = data.load_glue(task, glue_dir, "dev")
+    t = data.TASKS[task]
+    arrays = data.tokenize_dataset(ds, minilm_tokenizer, task, max_seq_length=128)
+    texts = [list(ds[c]) for c in t.text_columns]
+    ref = minilm_tokenizer(*texts, padding="max_length", truncation=True, max_length=128)
+    n = len(ds)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert arrays[key].dtype == np.int32
+        assert arrays[key].shape == (n, 128)
+        np.testing.assert_array_equal(arrays[key], np.asarray(ref[key]), err_msg=key)
+    assert arrays["labels"].dtype == np.int32
+    np.testing.assert_array_equal(arrays["labels"], np.asarray(ds["label"]))
+    if task == "rte":
+        # pairs: both segments present, and some pairs really were truncated
+        assert (arrays["token_type_ids"].max(axis=1) == 1).all()
+        assert (arrays["attention_mask"].sum(axis=1) == 128).any()
+
+
+def test_regression_labels_and_explicit_columns(glue_dir, minilm_tokenizer):
+    ds = data.load_glue("stsb", glue_dir, "dev").select(range(40))
+    by_task = data.tokenize_dataset(ds, minilm_tokenizer, "stsb", 64)
+    by_cols = data.tokenize_dataset(ds, minilm_tokenizer, ("sentence1", "sentence2"), 64)
+    assert by_task["labels"].dtype == np.float32
+    for k in by_task:
+        np.testing.assert_array_equal(by_task[k], by_cols[k])
+    np.testing.assert_allclose(by_task["labels"], np.asarray(ds["label"], np.float32))
+    with pytest.raises(KeyError, match="no text column 'nope'"):
+        data.tokenize_dataset(ds, minilm_tokenizer, ("nope",), 64)
+
+
+def test_cache_hit_skips_tokenizer_and_returns_same_arrays(glue_dir, minilm_tokenizer, tmp_path,
+                                                           monkeypatch):
+    ds = data.load_glue("rte", glue_dir, "dev")
+    cold = data.tokenize_dataset(ds, minilm_tokenizer, "rte", 128, cache_dir=tmp_path)
+    entries = [e for e in os.listdir(tmp_path) if not e.startswith(".")]
+    assert len(entries) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("tokenizer called although the cache should hit")
+
+    monkeypatch.setattr(features_mod, "tokenize_texts", boom)
+    warm = data.tokenize_dataset(ds, minilm_tokenizer, "rte", 128, cache_dir=tmp_path)
+    assert set(warm) == set(cold)
+    for k in cold:
+        assert warm[k].dtype == cold[k].dtype
+        np.testing.assert_array_equal(warm[k], cold[k])
+
+    # a different max length or different content is a different entry (tokenizer runs)
+    for other_ds, length in [(ds, 64), (ds.select(range(10)), 128)]:
+        with pytest.raises(AssertionError, match="tokenizer called"):
+            data.tokenize_dataset(other_ds, minilm_tokenizer, "rte", length, cache_dir=tmp_path)
+
+
+def test_cache_key_follows_file_content(tmp_path, minilm_tokenizer):
+    glue = tmp_path / "glue"
+    (glue / "SST-2").mkdir(parents=True)
+    f = glue / "SST-2" / "dev.tsv"
+    f.write_text("sentence\tlabel\na fine film\t1\na dull film\t0\n")
+    cache = tmp_path / "cache"
+    a = data.tokenize_dataset(data.load_glue("sst2", glue, "dev"), minilm_tokenizer, "sst2", 16,
+                              cache_dir=cache)
+    f.write_text("sentence\tlabel\na fine film\t1\na dull film\t1\n")  # one label changed
+    b = data.tokenize_dataset(data.load_glue("sst2", glue, "dev"), minilm_tokenizer, "sst2", 16,
+                              cache_dir=cache)
+    assert len(os.listdir(cache)) == 2
+    assert list(a["labels"]) == [1, 0] and list(b["labels"]) == [1, 1]
+
+
+def test_tokenizer_fingerprint(minilm_tokenizer):
+    fp = data.tokenizer_fingerprint(minilm_tokenizer)
+    # calling the tokenizer changes its backend's truncation/padding state: same key
+    minilm_tokenizer(["x y z"], padding="max_length", truncation=True, max_length=7)
+    assert data.tokenizer_fingerprint(minilm_tokenizer) == fp
+    other = copy.deepcopy(minilm_tokenizer)
+    other.add_tokens(["dynabertnewtoken"])
+    assert data.tokenizer_fingerprint(other) != fp
+
+
+class _NoSegmentsTokenizer:
+    """Wraps a tokenizer and drops token_type_ids, like RoBERTa's."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __call__(self, *a, **k):
+        enc = self.tok(*a, **k)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def get_vocab(self):
+        return self.tok.get_vocab()
+
+
+def test_tokenizer_without_token_type_ids(minilm_tokenizer):
+    ds = {"a": ["one two", "three"], "b": ["four", ""], "label": [0, 1]}
+    arrays = data.tokenize_dataset(ds, _NoSegmentsTokenizer(minilm_tokenizer), ("a", "b"), 12)
+    assert arrays["token_type_ids"].shape == (2, 12)
+    assert not arrays["token_type_ids"].any()
+    ref = minilm_tokenizer(ds["a"], ds["b"], padding="max_length", truncation=True, max_length=12)
+    np.testing.assert_array_equal(arrays["input_ids"], ref["input_ids"])
