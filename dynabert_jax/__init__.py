@@ -18,5 +18,6 @@ from dynabert_jax.convert import (
     from_pretrained_pytorch,
     save_pretrained_pytorch,
 )
+from dynabert_jax import data, metrics, rewire  # noqa: E402  (submodules as namespaces)
 
 __version__ = "0.1.0"
