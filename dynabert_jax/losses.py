@@ -1,0 +1,92 @@
+"""Losses of the three DynaBERT stages (spec sections 4.2-4.4).
+
+* :func:`soft_cross_entropy`: ``mean_b -sum_c softmax(z_t)_c log_softmax(z_s)_c``
+  (temperature 1, teacher logits constant).
+* :func:`hidden_mse`: ``sum_m mean((H_s[m] - H_t[T[m]])^2)``, a *sum* of per-state means
+  over every position of ``[batch, seq, hidden]``, padding included (official); with
+  ``mask`` only real tokens count (a documented variant).
+* :func:`task_loss`: cross-entropy (classification), MSE on the single logit
+  (regression), or the mean of start/end cross-entropies (span); weighted means so that
+  zero-weight padding examples do not count.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+
+def _weighted_mean(values: Array, weights: Optional[Array]) -> Array:
+    values = values.astype(jnp.float32)
+    if weights is None:
+        return jnp.mean(values)
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def soft_cross_entropy(student_logits: Array, teacher_logits: Array,
+                       weights: Optional[Array] = None) -> Array:
+    """``[batch, ..., classes]`` logits -> scalar; teacher gradients are stopped."""
+    target = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32), -1)
+    per_example = -jnp.sum(target * jax.nn.log_softmax(student_logits.astype(jnp.float32),
+                                                       -1), axis=-1)
+    if per_example.ndim > 1:  # span logits: [batch, 2] (start, end) -> mean over both
+        per_example = jnp.mean(per_example.reshape(per_example.shape[0], -1), axis=-1)
+    return _weighted_mean(per_example, weights)
+
+
+def hidden_mse(student_hidden: Sequence[Array], teacher_hidden: Sequence[Array],
+               teacher_indices: Sequence[int], mask: Optional[Array] = None) -> Array:
+    """Sum over the student's hidden states of the MSE to the aligned teacher state.
+
+    Args:
+      student_hidden: ``D + 1`` arrays ``[batch, seq, hidden]`` (embeddings first).
+      teacher_hidden: ``L + 1`` arrays of the teacher.
+      teacher_indices: ``SubNet.teacher_hidden_indices``: student state ``m`` is matched
+        to teacher state ``teacher_indices[m]``.
+      mask: optional ``[batch, seq]``; when given, only masked-in positions count.
+    """
+    if len(student_hidden) != len(teacher_indices):
+        raise ValueError(f"{len(student_hidden)} student hidden states but "
+                         f"{len(teacher_indices)} teacher indices")
+    total = jnp.float32(0.0)
+    for s, t_index in zip(student_hidden, teacher_indices):
+        t = jax.lax.stop_gradient(teacher_hidden[t_index]).astype(jnp.float32)
+        sq = jnp.square(s.astype(jnp.float32) - t)
+        if mask is None:
+            total = total + jnp.mean(sq)
+        else:
+            m = mask.astype(jnp.float32)[..., None]
+            total = total + jnp.sum(sq * m) / jnp.maximum(jnp.sum(m) * sq.shape[-1], 1.0)
+    return total
+
+
+def task_loss(head: str, logits: Array, batch: Mapping[str, Array]) -> Array:
+    """The supervised loss of a head on a batch (weighted by ``batch["weight"]``)."""
+    weights = batch.get("weight")
+    if head == "classification":
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), batch["labels"].astype(jnp.int32))
+        return _weighted_mean(ce, weights)
+    if head == "regression":
+        err = jnp.square(logits[..., 0].astype(jnp.float32)
+                         - batch["labels"].astype(jnp.float32))
+        return _weighted_mean(err, weights)
+    if head == "span":
+        logits = logits.astype(jnp.float32)
+        start = optax.softmax_cross_entropy_with_integer_labels(
+            logits[..., 0], batch["start_positions"].astype(jnp.int32))
+        end = optax.softmax_cross_entropy_with_integer_labels(
+            logits[..., 1], batch["end_positions"].astype(jnp.int32))
+        return _weighted_mean((start + end) / 2.0, weights)
+    raise ValueError(f"no task loss for head {head!r}")
+
+
+def span_logits_for_distillation(logits: Array) -> Array:
+    """``[batch, seq, 2]`` -> ``[batch, 2, seq]``: a softmax over positions for each of
+    start and end, so :func:`soft_cross_entropy` distils both distributions."""
+    return jnp.swapaxes(logits, 1, 2)

@@ -1,0 +1,150 @@
+"""What a run leaves behind: JSON-lines metrics, ``grid.json``, a markdown table, a plot.
+
+``grid.json``::
+
+    {"task": "sst2", "metric": "acc", "stage": "width_depth",
+     "teacher": {"metric": 0.91, "metrics": {...}, "params": ..., "flops": ...},
+     "subnets": [{"width": 1.0, "depth": 1.0, "metric": 0.91, "metrics": {...},
+                  "params": 22713216, "flops": 2.9e9}, ...]}
+
+``params`` counts embeddings, kept layers and pooler (spec 6.3); ``flops`` are encoder
+FLOPs of one sequence at the run's ``max_seq_length``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Dict, Mapping, Optional, Sequence
+
+from dynabert_jax.flops import count_params, encoder_flops
+from dynabert_jax.subnet import FULL, SubNet
+
+
+class MetricWriter:
+    """Appends one JSON object per line to ``path``; optionally mirrors scalars to
+    TensorBoard (needs the ``tensorboard`` package)."""
+
+    def __init__(self, path, tensorboard_dir: Optional[str] = None):
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # pragma: no cover - optional dependency
+                raise ImportError("config.tensorboard needs the 'tensorboard' package: "
+                                  "pip install tensorboard") from e
+            self._tb = SummaryWriter(tensorboard_dir)
+
+    def write(self, step: int, **values) -> None:
+        record = {"step": int(step), "time": round(time.time(), 3), **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+        if self._tb is not None:
+            for key, value in _flatten(values).items():
+                self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _flatten(d: Mapping, prefix: str = "") -> Dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def grid_record(task: str, metric: str, model_config, seq_len: int,
+                results: Mapping[SubNet, Mapping[str, float]],
+                teacher: Optional[Mapping[str, float]] = None,
+                stage: Optional[str] = None) -> dict:
+    """The ``grid.json`` object for per-sub-network ``results`` (metric dicts)."""
+    def cell(subnet: SubNet, metrics: Mapping[str, float]) -> dict:
+        return {"width": subnet.width, "depth": subnet.depth,
+                "metric": float(metrics[metric]), "metrics": dict(metrics),
+                "params": count_params(model_config, subnet),
+                "flops": encoder_flops(model_config, subnet, seq_len)}
+
+    record = {"task": task, "metric": metric, "stage": stage, "seq_len": seq_len}
+    if teacher is not None:
+        t = cell(FULL, teacher)
+        record["teacher"] = {k: t[k] for k in ("metric", "metrics", "params", "flops")}
+    record["subnets"] = [cell(s, m) for s, m in
+                         sorted(results.items(), key=lambda kv: (-kv[0].width, -kv[0].depth))]
+    return record
+
+
+def markdown_table(record: Mapping) -> str:
+    """Rows: widths; columns: depths; cells: the metric (x100 for ratios in [0, 1])."""
+    cells = {(c["width"], c["depth"]): c for c in record["subnets"]}
+    widths = sorted({w for w, _ in cells}, reverse=True)
+    depths = sorted({d for _, d in cells}, reverse=True)
+    scale = 100.0 if all(abs(c["metric"]) <= 1.0 for c in cells.values()) else 1.0
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) \
+        else f"{v * scale:.2f}"  # noqa: E731
+    metric = record["metric"]
+    lines = [f"{record['task']} dev {metric}" + (f" (stage {record['stage']})"
+                                                if record.get("stage") else "")]
+    if "teacher" in record:
+        lines[0] += f"; teacher {fmt(record['teacher']['metric'])}"
+    lines.append("")
+    lines.append("| width \\ depth | " + " | ".join(f"{d:g}" for d in depths) + " |")
+    lines.append("|---" * (len(depths) + 1) + "|")
+    for w in widths:
+        row = [fmt(cells[(w, d)]["metric"]) if (w, d) in cells else "" for d in depths]
+        lines.append(f"| {w:g} | " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append("| width | depth | " + metric + " | params (M) | GFLOPs |")
+    lines.append("|---|---|---|---|---|")
+    for (w, d), c in sorted(cells.items(), key=lambda kv: (-kv[0][0], -kv[0][1])):
+        lines.append(f"| {w:g} | {d:g} | {fmt(c['metric'])} | {c['params'] / 1e6:.1f} | "
+                     f"{c['flops'] / 1e9:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_grid(record: Mapping, path) -> pathlib.Path:
+    """Metric vs GFLOPs, one line per depth, the teacher as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    depths = sorted({c["depth"] for c in record["subnets"]}, reverse=True)
+    for d in depths:
+        pts = sorted((c["flops"] / 1e9, c["metric"]) for c in record["subnets"]
+                     if c["depth"] == d)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"depth {d:g}")
+    if "teacher" in record:
+        ax.axhline(record["teacher"]["metric"], color="gray", ls="--", label="teacher")
+    ax.set_xlabel(f"encoder GFLOPs per sequence (seq {record.get('seq_len', '?')})")
+    ax.set_ylabel(f"dev {record['metric']}")
+    ax.set_title(f"{record['task']}: DynaBERT sub-networks")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_grid(record: Mapping, directory, stem: str = "grid") -> Sequence[pathlib.Path]:
+    """``<directory>/<stem>.json``, ``.md`` and ``.png``; returns their paths."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    js = directory / f"{stem}.json"
+    tmp = js.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(js)
+    md = directory / f"{stem}.md"
+    md.write_text(markdown_table(record) + "\n")
+    png = plot_grid(record, directory / f"{stem}.png")
+    return js, md, png

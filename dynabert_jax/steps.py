@@ -1,0 +1,213 @@
+"""The jitted pieces of training: train state, optimizer, the multi-student step, eval.
+
+One ``train_step(state, teacher_params, batch, rng)`` serves every stage (spec 4.1):
+
+1. the frozen teacher runs once on the batch (eval mode, ``stop_gradient``; with
+   ``width_matched_teacher`` once per distinct student width);
+2. every student sub-network runs on the same batch in train mode with its own dropout
+   key, and its gradient is added to a running sum. The students run as iterations of a
+   ``lax.scan`` whose body ``lax.switch``-es to the student's own statically shaped
+   code, so at most one student's activations are alive at a time (peak memory ~ one
+   student, not twelve);
+3. the summed gradient is clipped to global norm 1.0 and one AdamW step is taken
+   (eps 1e-8, no weight decay, linear decay with optional warmup). The ``[PAD]``
+   embedding row (and RoBERTa's padding position row) gets no gradient, as with
+   PyTorch's ``padding_idx``.
+
+Teacher parameters are an argument, never part of the state: they are neither optimised
+nor checkpointed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from dynabert_jax import losses
+from dynabert_jax.modeling import DynaBertModel
+from dynabert_jax.subnet import FULL, SubNet
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """What each student minimises (static).
+
+    kind: ``"task"`` (labels only: teacher fine-tuning and final fine-tuning) or
+      ``"distill"`` (DynaBERT_W and DynaBERT).
+    lambda_logit, lambda_hidden: weights of the soft cross-entropy on logits and of the
+      summed hidden-state MSEs (stage 1: 1.0 / 0.1, stage 2: 1.0 / 1.0). Regression heads
+      get no logit term, as in the official code.
+    label_loss: also add the task loss while distilling (variant).
+    mask_padding: hidden-state MSE over real tokens only (variant; official: all).
+    width_matched_teacher: the teacher runs at the student's width (the paper's
+      wording) instead of full width (the official code).
+    """
+
+    kind: str = "distill"
+    lambda_logit: float = 1.0
+    lambda_hidden: float = 0.1
+    label_loss: bool = False
+    mask_padding: bool = False
+    width_matched_teacher: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("task", "distill"):
+            raise ValueError(f"LossSpec.kind must be 'task' or 'distill', got {self.kind!r}")
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0,
+                   max_grad_norm: float = 1.0, weight_decay: float = 0.0,
+                   adam_eps: float = 1e-8) -> Tuple[optax.GradientTransformation, Any]:
+    """Global-norm clipping + AdamW with the official linear schedule.
+
+    The learning rate at update ``s`` is ``lr * s / warmup`` during warm-up, then
+    ``lr * max(0, (T - s) / (T - warmup))``: with no warm-up the first update uses the
+    full rate, as ``WarmupLinearSchedule`` stepped after each update.
+    """
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = min(int(warmup_steps), total_steps - 1)
+    decay = optax.linear_schedule(learning_rate, 0.0, total_steps - warmup_steps)
+    if warmup_steps > 0:
+        warm = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+        schedule = optax.join_schedules([warm, decay], [warmup_steps])
+    else:
+        schedule = decay
+    tx = optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.adamw(schedule, b1=0.9, b2=0.999, eps=adam_eps, weight_decay=weight_decay),
+    )
+    return tx, schedule
+
+
+def init_state(params, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+
+
+def _inputs(batch) -> Dict[str, jax.Array]:
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def _freeze_padding_rows(grads, config):
+    """Zero the gradient of the padding embedding rows (``padding_idx`` in PyTorch)."""
+    emb = grads["embeddings"]
+    word = emb["word_embeddings"]["embedding"].at[config.pad_token_id].set(0.0)
+    new_emb = dict(emb, word_embeddings={"embedding": word})
+    if config.model_type == "roberta":
+        pos = emb["position_embeddings"]["embedding"].at[config.pad_token_id].set(0.0)
+        new_emb["position_embeddings"] = {"embedding": pos}
+    return dict(grads, embeddings=new_emb)
+
+
+def _logits_for_distillation(head: str, logits):
+    return losses.span_logits_for_distillation(logits) if head == "span" else logits
+
+
+def student_loss(model: DynaBertModel, params, batch, subnet: SubNet, spec: LossSpec,
+                 teacher_out, rng) -> jax.Array:
+    """The loss of one student (train mode) on ``batch``."""
+    cfg = model.config
+    out = model.apply({"params": params}, **_inputs(batch), subnet=subnet,
+                      deterministic=False, rngs={"dropout": rng})
+    if spec.kind == "task":
+        return losses.task_loss(cfg.head, out.logits, batch)
+    loss = jnp.float32(0.0)
+    if cfg.head in ("classification", "span") and spec.lambda_logit:
+        loss += spec.lambda_logit * losses.soft_cross_entropy(
+            _logits_for_distillation(cfg.head, out.logits),
+            _logits_for_distillation(cfg.head, teacher_out.logits))
+    if spec.lambda_hidden:
+        mask = batch["attention_mask"] if spec.mask_padding else None
+        loss += spec.lambda_hidden * losses.hidden_mse(
+            out.hidden_states, teacher_out.hidden_states,
+            subnet.teacher_hidden_indices(cfg), mask)
+    if spec.label_loss:
+        loss += losses.task_loss(cfg.head, out.logits, batch)
+    return loss
+
+
+def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: LossSpec,
+                    tx: optax.GradientTransformation):
+    """``train_step(state, teacher_params, batch, rng) -> (state, metrics)`` (not jitted).
+
+    ``metrics``: ``loss`` (sum over students), ``losses`` ``[num_students]``,
+    ``grad_norm`` (of the summed gradient, before clipping).
+    """
+    students = tuple(students)
+    if not students:
+        raise ValueError("a train step needs at least one student sub-network")
+    cfg = model.config
+
+    def teacher_outputs(teacher_params, batch):
+        if spec.kind != "distill":
+            return {}
+        widths = sorted({s.width for s in students}) if spec.width_matched_teacher else [1.0]
+        outs = {}
+        for w in widths:
+            o = model.apply({"params": teacher_params}, **_inputs(batch),
+                            subnet=SubNet(w, 1.0), deterministic=True)
+            outs[w] = jax.tree_util.tree_map(jax.lax.stop_gradient, o)
+        return outs
+
+    def student_branch(subnet: SubNet):
+        def branch(params, batch, t_outs, key):
+            t_out = t_outs.get(subnet.width if spec.width_matched_teacher else 1.0)
+            return jax.value_and_grad(student_loss, argnums=1)(
+                model, params, batch, subnet, spec, t_out, key)
+        return branch
+
+    branches = [student_branch(s) for s in students]
+
+    def train_step(state: TrainState, teacher_params, batch, rng):
+        t_outs = teacher_outputs(teacher_params, batch)
+        keys = jax.random.split(jax.random.fold_in(rng, state.step), len(students))
+
+        # A loop over the students, each iteration running one student's forward and
+        # backward (``switch`` picks its statically shaped branch). XLA runs loop
+        # iterations one after another and reuses their buffers, so at most one
+        # student's activations are alive at a time: peak memory ~ one student, not
+        # all of them. (Unrolled code with optimization barriers does not guarantee
+        # this: XLA removes the barriers and interleaves the students.)
+        def one_student(grads, xs):
+            index, key = xs
+            loss, g = jax.lax.switch(index, branches, state.params, batch, t_outs, key)
+            return jax.tree_util.tree_map(jnp.add, grads, g), loss
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        if len(branches) == 1:
+            loss, grads = branches[0](state.params, batch, t_outs, keys[0])
+            losses_arr = loss[None]
+        else:
+            grads, losses_arr = jax.lax.scan(
+                one_student, zeros, (jnp.arange(len(branches)), keys))
+        grads = _freeze_padding_rows(grads, cfg)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": jnp.sum(losses_arr), "losses": losses_arr,
+                   "grad_norm": optax.global_norm(grads)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: DynaBertModel):
+    """``eval_step(params, batch, subnet) -> logits`` (not jitted; ``subnet`` static)."""
+
+    def eval_step(params, batch, subnet: SubNet = FULL):
+        return model.apply({"params": params}, **_inputs(batch), subnet=subnet,
+                           deterministic=True).logits
+
+    return eval_step

