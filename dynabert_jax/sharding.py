@@ -55,9 +55,11 @@ def array_sharding(shape, mesh: Mesh, fsdp: bool, min_size: int = 1 << 14) -> Na
     return replicated(mesh)
 
 
-def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool = False) -> Any:
-    """Shardings for every leaf of a tree of arrays (or ``ShapeDtypeStruct``)."""
-    return jax.tree_util.tree_map(lambda x: array_sharding(np.shape(x), mesh, fsdp), tree)
+def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool = False, min_size: int = 1 << 14) -> Any:
+    """Shardings for every leaf of a tree of arrays (or ``ShapeDtypeStruct``); with
+    ``fsdp``, arrays of fewer than ``min_size`` elements stay replicated."""
+    return jax.tree_util.tree_map(
+        lambda x: array_sharding(np.shape(x), mesh, fsdp, min_size), tree)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:

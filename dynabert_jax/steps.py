@@ -197,7 +197,7 @@ def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: Loss
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": jnp.sum(losses_arr), "losses": losses_arr,
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

@@ -50,3 +50,54 @@ def minilm_tokenizer(minilm_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(minilm_path), local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_path):
+    """A tiny random Hugging Face BERT (4 layers, hidden 32, 4 heads, FFN 64) with the
+    real MiniLM tokenizer, saved as a checkpoint folder: the trainer tests run the real
+    pipeline on it in seconds."""
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4,
+                                  num_attention_heads=4, intermediate_size=64,
+                                  max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    transformers.BertModel(cfg).save_pretrained(str(path))
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        if (minilm_path / name).is_file():
+            shutil.copy(minilm_path / name, path / name)
+    return path
+
+
+def tiny_train_config(pretrained, tmp_path, **overrides):
+    """The default config shrunk to a few steps of the tiny model on an SST-2 subset."""
+    from configs import default
+
+    c = default.get_config()
+    c.model.pretrained = str(pretrained)
+    c.data.cache_dir = str(tmp_path / "cache")
+    c.data.max_seq_length = 32
+    c.data.train_size = 64
+    c.data.dev_size = 32
+    for stage in ("teacher", "width", "width_depth", "final"):
+        c[stage].max_steps = 2
+        c[stage].batch_size = 8
+        c[stage].eval_every = 0
+    c.rewire.batch_size = 8
+    c.eval_batch_size = 16
+    c.progress = False
+    c.report_memory = False
+    c.log_every = 1
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c

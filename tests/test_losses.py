@@ -1,0 +1,191 @@
+"""Losses against numpy, and one train step against a hand-computed reference."""
+import numpy as np
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import dynabert_jax as dj
+from dynabert_jax import losses, steps
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_soft_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    want = np.mean(-(np.exp(_np_log_softmax(t)) * _np_log_softmax(s)).sum(-1))
+    np.testing.assert_allclose(losses.soft_cross_entropy(s, t), want, rtol=1e-6)
+    w = np.array([1, 1, 0, 1, 0], np.float32)
+    per = -(np.exp(_np_log_softmax(t)) * _np_log_softmax(s)).sum(-1)
+    np.testing.assert_allclose(losses.soft_cross_entropy(s, t, w), per[w > 0].mean(),
+                               rtol=1e-6)
+    # No gradient flows into the teacher.
+    g = jax.grad(lambda t_: losses.soft_cross_entropy(s, t_))(jnp.asarray(t))
+    assert float(jnp.abs(g).max()) == 0.0
+
+
+def test_hidden_mse_alignment_and_mask():
+    rng = np.random.default_rng(1)
+    teacher = [rng.normal(size=(2, 4, 3)) for _ in range(7)]   # L = 6
+    student = [rng.normal(size=(2, 4, 3)) for _ in range(5)]   # depth 0.75: 4 layers
+    idx = dj.SubNet(1.0, 0.75).teacher_hidden_indices(dj.ModelConfig(num_hidden_layers=6))
+    assert idx == (0, 1, 2, 4, 6)
+    want = sum(np.mean((s - teacher[i]) ** 2) for s, i in zip(student, idx))
+    np.testing.assert_allclose(losses.hidden_mse(student, teacher, idx), want, rtol=1e-6)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0]])
+    m = mask.astype(bool)
+    want_m = sum(np.mean(((s - teacher[i]) ** 2)[m]) for s, i in zip(student, idx))
+    np.testing.assert_allclose(losses.hidden_mse(student, teacher, idx, mask), want_m,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="teacher indices"):
+        losses.hidden_mse(student[:3], teacher, idx)
+
+
+def test_task_losses():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = np.array([0, 1, 1])
+    want = -np.mean(_np_log_softmax(logits)[np.arange(3), labels])
+    np.testing.assert_allclose(losses.task_loss("classification", logits,
+                                                {"labels": labels}), want, rtol=1e-6)
+    reg = losses.task_loss("regression", np.array([[1.0], [3.0]]),
+                           {"labels": np.array([2.0, 2.0]), "weight": np.array([1.0, 0.0])})
+    np.testing.assert_allclose(reg, 1.0)
+    span = np.zeros((1, 4, 2))
+    span[0, 2, 0] = span[0, 3, 1] = 5.0
+    got = losses.task_loss("span", span, {"start_positions": np.array([2]),
+                                           "end_positions": np.array([3])})
+    np.testing.assert_allclose(got, -_np_log_softmax(np.array([0, 0, 5.0, 0]))[2], rtol=1e-5)
+    with pytest.raises(ValueError):
+        losses.task_loss(None, logits, {"labels": labels})
+
+
+def _tiny(head="classification", dropout=0.0, seed=1):
+    cfg = dj.ModelConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4,
+                         num_attention_heads=4, intermediate_size=64, head=head,
+                         num_labels=1 if head == "regression" else 2,
+                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    model = dj.DynaBertModel(cfg)
+    return model, dj.init_params(model, jax.random.PRNGKey(seed))
+
+
+def _batch(head="classification"):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 60, size=(4, 10)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[2, 6:] = 0
+    ids[mask == 0] = 0
+    labels = (rng.integers(0, 2, size=4).astype(np.int32) if head != "regression"
+              else rng.normal(size=4).astype(np.float32))
+    return {"input_ids": ids, "attention_mask": mask,
+            "token_type_ids": np.zeros_like(ids), "labels": labels}
+
+
+@pytest.mark.parametrize("head, lambdas", [("classification", (1.0, 0.1)),
+                                           ("classification", (1.0, 1.0)),
+                                           ("regression", (1.0, 1.0))])
+def test_one_step_equals_hand_computation(head, lambdas):
+    model, student = _tiny(head)
+    _, teacher = _tiny(head, seed=2)
+    batch = _batch(head)
+    students = dj.grid((1.0, 0.5), (1.0, 0.5))
+    spec = steps.LossSpec("distill", *lambdas)
+    tx, _ = steps.make_optimizer(1e-3, 10)
+    step = jax.jit(steps.make_train_step(model, students, spec, tx))
+    state, m = step(steps.init_state(student, tx), teacher, batch, jax.random.PRNGKey(0))
+
+    # The reference: numpy losses from plain forward passes (dropout is 0).
+    def fwd(p, s):
+        return model.apply({"params": p}, batch["input_ids"],
+                           attention_mask=batch["attention_mask"], subnet=s)
+    t = fwd(teacher, dj.FULL)
+    t_h = [np.asarray(h) for h in t.hidden_states]
+    want = []
+    for s in students:
+        o = fwd(student, s)
+        logit = 0.0
+        if head == "classification":
+            p_t = np.exp(_np_log_softmax(np.asarray(t.logits)))
+            logit = np.mean(-(p_t * _np_log_softmax(np.asarray(o.logits))).sum(-1))
+        hid = sum(np.mean((np.asarray(h) - t_h[i]) ** 2)
+                  for h, i in zip(o.hidden_states, s.teacher_hidden_indices(model.config)))
+        want.append(lambdas[0] * logit + lambdas[1] * hid)
+    np.testing.assert_allclose(m["losses"], want, rtol=2e-5)
+    np.testing.assert_allclose(m["loss"], sum(want), rtol=2e-5)
+
+    # The update is one AdamW step on the *summed* gradient, clipped to norm 1.
+    def total(p):
+        return sum(steps.student_loss(model, p, batch, s, spec,
+                                      fwd(teacher, dj.FULL), jax.random.PRNGKey(0))
+                   for s in students)
+    g = jax.grad(total)(student)
+    g["embeddings"]["word_embeddings"]["embedding"] = \
+        g["embeddings"]["word_embeddings"]["embedding"].at[0].set(0.0)
+    np.testing.assert_allclose(m["grad_norm"], optax.tree.norm(g), rtol=1e-4)
+    updates, _ = tx.update(g, tx.init(student), student)
+    expected = optax.apply_updates(student, updates)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                           state.params, expected)
+    if head == "regression":   # no logit loss: pooler and head get no gradient
+        np.testing.assert_array_equal(state.params["classifier"]["kernel"],
+                                      student["classifier"]["kernel"])
+        np.testing.assert_array_equal(state.params["pooler"]["kernel"],
+                                      student["pooler"]["kernel"])
+
+
+def test_pad_row_never_changes_and_dropout_keys_differ():
+    model, student = _tiny(dropout=0.1)
+    tx, _ = steps.make_optimizer(1e-2, 10)
+    step = jax.jit(steps.make_train_step(model, (dj.FULL, dj.FULL), steps.LossSpec("task"),
+                                         tx))
+    state = steps.init_state(student, tx)
+    for _ in range(3):
+        state, m = step(state, {}, _batch(), jax.random.PRNGKey(0))
+    emb = state.params["embeddings"]["word_embeddings"]["embedding"]
+    assert float(jnp.abs(emb[0]).max()) == 0.0                     # [PAD] row frozen
+    assert float(jnp.abs(emb[1:] - student["embeddings"]["word_embeddings"]["embedding"][1:])
+                 .max()) > 0
+    losses_ = np.asarray(m["losses"])
+    assert losses_[0] != losses_[1]   # same sub-network, own dropout key each
+
+
+def test_width_matched_teacher_runs_teacher_per_width():
+    model, student = _tiny()
+    _, teacher = _tiny(seed=2)
+    batch = _batch()
+    tx, _ = steps.make_optimizer(1e-3, 10)
+    s = dj.SubNet(0.5, 0.5)
+    out = {}
+    for matched in (False, True):
+        step = jax.jit(steps.make_train_step(
+            model, (s,), steps.LossSpec("distill", 1.0, 1.0, width_matched_teacher=matched), tx))
+        out[matched] = float(step(steps.init_state(student, tx), teacher, batch,
+                                  jax.random.PRNGKey(0))[1]["loss"])
+    t_half = model.apply({"params": teacher}, batch["input_ids"],
+                         attention_mask=batch["attention_mask"], subnet=dj.SubNet(0.5))
+    o = model.apply({"params": student}, batch["input_ids"],
+                    attention_mask=batch["attention_mask"], subnet=s)
+    p_t = np.exp(_np_log_softmax(np.asarray(t_half.logits)))
+    want = np.mean(-(p_t * _np_log_softmax(np.asarray(o.logits))).sum(-1)) + sum(
+        np.mean((np.asarray(h) - np.asarray(t_half.hidden_states[i])) ** 2)
+        for h, i in zip(o.hidden_states, s.teacher_hidden_indices(model.config)))
+    np.testing.assert_allclose(out[True], want, rtol=2e-5)
+    assert out[True] != out[False]
+
+
+def test_stage2_step_memory_within_2x_of_one_student():
+    model, params = _tiny()
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    batch = {k: jnp.tile(v, (8,) + (1,) * (v.ndim - 1)) for k, v in batch.items()}
+    tx, _ = steps.make_optimizer(1e-3, 10)
+    peaks = {}
+    for name, students in (("one", (dj.FULL,)), ("grid", dj.grid())):
+        fn = jax.jit(steps.make_train_step(model, students, steps.LossSpec("distill", 1, 1),
+                                           tx), donate_argnums=0)
+        m = fn.lower(steps.init_state(params, tx), params, batch,
+                     jax.random.PRNGKey(0)).compile().memory_analysis()
+        peaks[name] = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    assert peaks["grid"] <= 2 * peaks["one"], peaks

@@ -1,0 +1,84 @@
+"""A run killed at any point resumes where it was, and ends bit-identical on CPU."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import dynabert_jax as dj
+from dynabert_jax import checkpoint as ckpt
+
+from conftest import REPO
+
+
+def _cmd(tiny_bert_dir, tmp_path, workdir, teacher):
+    flags = {
+        "model.pretrained": tiny_bert_dir, "teacher_checkpoint": teacher,
+        "data.cache_dir": tmp_path / "cache", "data.max_seq_length": 32,
+        "data.train_size": 96, "data.dev_size": 32, "width_depth.max_steps": 12,
+        "width_depth.batch_size": 8, "width_depth.eval_every": 4, "width.max_steps": 2,
+        "width.batch_size": 8, "checkpoint_every": 1, "eval_batch_size": 16,
+        "progress": False, "report_memory": False, "rewire.batch_size": 8,
+    }
+    return [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}"] + [
+        f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def _latest_state(workdir):
+    store = ckpt.StageCheckpoints(pathlib.Path(workdir) / "width_depth" / "checkpoints")
+    try:
+        step = store.latest_step()
+        # Restore without a template: the raw arrays, exactly as saved.
+        import orbax.checkpoint as ocp
+
+        state = store._latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))["state"]
+        return step, state
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_identical(tiny_bert_dir, tmp_path):
+    teacher = dj.save_pretrained_pytorch(*dj.from_pretrained_pytorch(
+        tiny_bert_dir, head="classification", num_labels=2, rng=jax.random.PRNGKey(3)),
+        tmp_path / "teacher")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    ref = tmp_path / "ref"
+    subprocess.run(_cmd(tiny_bert_dir, tmp_path, ref, teacher), check=True, env=env,
+                   cwd=REPO, capture_output=True)
+
+    run = tmp_path / "run"
+    latest = run / "width_depth" / "checkpoints" / "latest"
+    proc = subprocess.Popen(_cmd(tiny_bert_dir, tmp_path, run, teacher), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        steps_done = [int(p.name) for p in latest.glob("*") if p.name.isdigit()] \
+            if latest.is_dir() else []
+        if steps_done and max(steps_done) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = max(steps_done)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_at is not None and killed_at < 12, "the run was not killed mid-stage"
+
+    subprocess.run(_cmd(tiny_bert_dir, tmp_path, run, teacher), check=True, env=env,
+                   cwd=REPO, capture_output=True)
+    step_a, a = _latest_state(ref)
+    step_b, b = _latest_state(run)
+    assert step_a == step_b == 12
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # The best-on-dev selection saw the same evaluations.
+    assert (ckpt.StageCheckpoints(ref / "width_depth" / "checkpoints").best_info()["score"]
+            == ckpt.StageCheckpoints(run / "width_depth" / "checkpoints").best_info()["score"])

@@ -1,0 +1,149 @@
+"""The training pipeline end to end on a tiny model: every stage for one or two steps,
+the PyTorch-teacher path, NaN handling, config errors and checkpoint mismatches."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import jax
+import pytest
+
+import dynabert_jax as dj
+from dynabert_jax import checkpoint as ckpt
+from dynabert_jax import trainer
+
+from conftest import REPO, tiny_train_config
+
+
+def _model(config):
+    hf = json.loads(open(f"{config.model.pretrained}/config.json").read())
+    return dj.DynaBertModel(dj.convert.config_from_hf(hf, head="classification"))
+
+
+def _like(config):
+    model = _model(config)
+    return jax.eval_shape(lambda: dj.init_params(model))
+
+
+@pytest.fixture(scope="module")
+def all_stages(tiny_bert_dir, tmp_path_factory):
+    """One run of the whole chain (with final fine-tuning) on the tiny model."""
+    tmp = tmp_path_factory.mktemp("all")
+    config = tiny_train_config(tiny_bert_dir, tmp, **{"final.enabled": True,
+                                                      "report_memory": True})
+    record = trainer.train_and_evaluate(config, tmp / "run")
+    return config, tmp / "run", record
+
+
+def test_every_stage_runs_and_writes_its_outputs(all_stages):
+    config, run, record = all_stages
+    for stage in ("teacher", "width", "width_depth", "final"):
+        assert (run / stage / "checkpoints" / "best").is_dir(), stage
+        lines = [json.loads(x) for x in (run / stage / "metrics.jsonl").read_text().splitlines()]
+        assert [x["step"] for x in lines if "loss" in x] == [1, 2]
+        assert any("eval" in x for x in lines)
+    assert (run / "rewire" / "importance.npz").is_file()
+    # DynaBERT_W trains 4 widths; DynaBERT and final 12 (width, depth) students.
+    width = json.loads((run / "width" / "grid.json").read_text())
+    assert len(width["subnets"]) == 4 and {c["depth"] for c in width["subnets"]} == {1.0}
+    grid = json.loads((run / "grid.json").read_text())
+    assert grid == json.loads(json.dumps(record))
+    assert grid["task"] == "sst2" and grid["metric"] == "acc" and grid["stage"] == "final"
+    assert len(grid["subnets"]) == 12
+    cfg = _model(config).config
+    for cell in grid["subnets"]:
+        s = dj.SubNet(cell["width"], cell["depth"])
+        assert cell["params"] == dj.count_params(cfg, s)
+        assert cell["flops"] == dj.encoder_flops(cfg, s, 32)
+        assert 0.0 <= cell["metric"] <= 1.0 and cell["metrics"]["acc"] == cell["metric"]
+    assert set(grid["teacher"]) == {"metric", "metrics", "params", "flops"}
+    assert (run / "grid.png").stat().st_size > 1000
+    assert "| width \\ depth |" in (run / "grid.md").read_text()
+    memory = json.loads((run / "width_depth" / "memory.json").read_text())
+    assert memory["num_students"] == 12 and memory["peak_ratio"] <= 2.0
+
+
+def test_rewire_then_width_start_from_permuted_teacher(all_stages):
+    config, run, _ = all_stages
+    like = _like(config)
+    teacher, _ = ckpt.load_params(run / "teacher" / "checkpoints", like)
+    rewired, info = ckpt.load_params(run / "rewire" / "checkpoints", like)
+    imp = np.load(run / "rewire" / "importance.npz")
+    expected = dj.rewire.permute(teacher, imp["head"], imp["neuron"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, rewired, expected)
+    assert info["accumulate"] == "official"
+
+
+def test_eval_stage_and_rerun_is_a_no_op(all_stages, capsys):
+    config, run, record = all_stages
+    config = config.copy_and_resolve_references()
+    config.stage = "eval"
+    again = trainer.train_and_evaluate(config, run)
+    # The final stage's best checkpoint re-evaluated gives the numbers it was selected with.
+    assert [c["metric"] for c in again["subnets"]] == [c["metric"] for c in record["subnets"]]
+    config.stage = "width_depth"   # already finished: resumes at its last step, trains nothing
+    before = (run / "width_depth" / "metrics.jsonl").read_text()
+    trainer.train_and_evaluate(config, run)
+    assert (run / "width_depth" / "metrics.jsonl").read_text() == before
+
+
+def test_teacher_from_pytorch_checkpoint_skips_teacher_stage(all_stages, tmp_path):
+    config, run, _ = all_stages
+    # Export the trained teacher as a Hugging Face checkpoint, then start a new run from it.
+    model = _model(config)
+    like = _like(config)
+    params, _ = ckpt.load_params(run / "teacher" / "checkpoints", like)
+    hf_dir = dj.save_pretrained_pytorch(model, params, tmp_path / "hf_teacher")
+    c = config.copy_and_resolve_references()
+    c.teacher_checkpoint = str(hf_dir)
+    c.final.enabled = False
+    assert trainer.stages_to_run(c) == ("rewire", "width", "width_depth")
+    c.stage = "rewire"
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    rewired, _ = ckpt.load_params(tmp_path / "run" / "rewire" / "checkpoints", like)
+    same, _ = ckpt.load_params(run / "rewire" / "checkpoints", like)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                           rewired, same)
+
+
+def test_stage_without_its_input_says_what_to_run(tiny_bert_dir, tmp_path):
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="width_depth")
+    with pytest.raises(FileNotFoundError, match="stage 'width' has no output"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+
+
+def test_nan_loss_stops_naming_step_and_subnet(tiny_bert_dir, tmp_path):
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher", checkpoint_every=1)
+    c.teacher.max_steps = 4
+    c.teacher.learning_rate = 1e30   # the first update blows the weights up
+    with pytest.raises(trainer.NonFiniteLossError,
+                       match=r"at step 2 in sub-network SubNet\(width=1, depth=1\).*"
+                             r"last good checkpoint is step 1"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    store = ckpt.StageCheckpoints(tmp_path / "run" / "teacher" / "checkpoints")
+    assert store.latest_step() == 1
+    store.close()
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_bert_dir, tmp_path):
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher")
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    c.data.max_seq_length = 16
+    c.model.dropout = 0.0   # another model config than the checkpoint's
+    c.teacher.max_steps = 3
+    with pytest.raises(ckpt.CheckpointMismatchError, match="use a fresh workdir"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+
+
+def test_config_typo_and_unknown_stage_are_errors(tiny_bert_dir, tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "train.py"), "--config.stagee=width",
+                          f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode != 0 and 'Did you mean "stage"' in out.stderr
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="widht")
+    with pytest.raises(ValueError, match="unknown stage 'widht'"):
+        trainer.stages_to_run(c)
+    from configs import glue
+
+    with pytest.raises(ValueError, match="bad config argument 'tsak=rte'"):
+        glue.get_config("tsak=rte")
+    assert glue.get_config("task=rte,stage=width,seq=64").data.max_seq_length == 64
