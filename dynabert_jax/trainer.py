@@ -338,13 +338,12 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                 if not np.all(np.isfinite(losses)):
                     bad = int(np.flatnonzero(~np.isfinite(losses))[0])
                     last = store.latest_step()
+                    kept = (f"The last good checkpoint is step {last} in "
+                            f"{store.directory / 'latest'}" if last is not None
+                            else "No checkpoint had been written yet")
                     raise NonFiniteLossError(
                         f"{stage}: loss is {losses[bad]} at step {step + 1} in sub-network "
-                        f"{students[bad]}; stopped without saving. The last good "
-                        f"checkpoint is step {last} in {store.directory / 'latest'}"
-                        if last is not None else
-                        f"{stage}: loss is {losses[bad]} at step {step + 1} in sub-network "
-                        f"{students[bad]}; stopped before any checkpoint was written")
+                        f"{students[bad]}; stopped without saving. {kept}")
                 done = step + 1
                 bar.update(1)
                 n_last += 1

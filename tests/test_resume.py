@@ -24,6 +24,7 @@ def _cmd(tiny_bert_dir, tmp_path, workdir, teacher):
         "width_depth.batch_size": 8, "width_depth.eval_every": 4, "width.max_steps": 2,
         "width.batch_size": 8, "checkpoint_every": 1, "eval_batch_size": 16,
         "progress": False, "report_memory": False, "rewire.batch_size": 8,
+        "widths": "(1.0,0.5)", "depths": "(1.0,0.5)",   # 4 students: quick to compile
     }
     return [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}"] + [
         f"--config.{k}={v}" for k, v in flags.items()]

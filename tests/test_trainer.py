@@ -147,3 +147,26 @@ def test_config_typo_and_unknown_stage_are_errors(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="bad config argument 'tsak=rte'"):
         glue.get_config("tsak=rte")
     assert glue.get_config("task=rte,stage=width,seq=64").data.max_seq_length == 64
+
+
+def test_demo_falls_back_to_shipped_slice_equal_to_the_full_data_subset(monkeypatch,
+                                                                       tmp_path, glue_dir):
+    from configs import demo
+
+    c = demo.get_config()
+    monkeypatch.delenv("DYNABERT_DATA", raising=False)
+    monkeypatch.setattr(trainer, "REPO_ROOT", tmp_path / "nowhere" / "repo")
+    assert trainer.resolve_data_dir(c) == trainer.DEMO_DATA
+    # The shipped rows are exactly the demo's fixed subset of the full SST-2 train set,
+    # so the demo trains on the same data with or without ../shared/data.
+    full = trainer._subset(dj.data.load_glue("sst2", glue_dir, "train"),
+                           c.data.train_size, c.seed)
+    shipped = dj.data.load_glue("sst2", trainer.DEMO_DATA, "train")
+    assert full["sentence"] == shipped["sentence"] and full["label"] == shipped["label"]
+    assert len(dj.data.load_glue("sst2", trainer.DEMO_DATA, "dev")) == 872
+    c.data.data_dir = str(tmp_path / "missing")
+    assert trainer.resolve_data_dir(c) == tmp_path / "missing"
+    c.data.data_dir = ""
+    c.task = "rte"   # no shipped slice for RTE: a clear error with the expected layout
+    with pytest.raises(FileNotFoundError, match=r"<dir>/RTE/train.tsv"):
+        trainer.resolve_data_dir(c)
