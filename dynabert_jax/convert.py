@@ -157,7 +157,7 @@ def config_from_hf(hf: Mapping, head: Optional[str] = None,
                               f"(only 'absolute')")
     if hf.get("pruned_heads"):
         raise CheckpointError("checkpoints with pruned_heads are not supported; load the "
-                              "unpruned model (see dynabert_jax.export for sub-networks)")
+                              "unpruned model")
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise CheckpointError("decoder / cross-attention BERT models are not supported")
     if num_labels is None:
@@ -192,8 +192,9 @@ def config_to_hf(config: ModelConfig, id2label: Optional[Mapping[int, str]] = No
         raise CheckpointError(
             f"a model with {config.num_attention_heads} heads of "
             f"{config.attention_head_size} (hidden {config.hidden_size}) has fewer heads "
-            f"than a stock BERT config can express; export sub-networks with "
-            f"dynabert_jax.export instead")
+            f"than a stock transformers 5 BERT config can express (no pruned_heads); "
+            f"save the full model and pick the sub-network at run time: a dedicated "
+            f"sub-network exporter is not part of this version")
     out = {
         "architectures": [architecture(config)],
         "model_type": config.model_type,
