@@ -78,8 +78,8 @@ def main():
     result = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
               "host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "jax": jax.__version__, "batch": args.batch, "seq": args.seq, "shapes": {}}
-    print(f"| shape | step | peak (MiB) | temporaries (MiB) | ratio to one student | "
-          f"compile (s) |\n|---|---|---|---|---|---|")
+    print("| shape | step | peak (MiB) | temporaries (MiB) | ratio to one student | "
+          "compile (s) |\n|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
         rows = measure(shape, args.batch, args.seq)
         result["shapes"][shape] = rows

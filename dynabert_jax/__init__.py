@@ -21,3 +21,12 @@ from dynabert_jax.convert import (
 from dynabert_jax import data, metrics, rewire  # noqa: E402  (submodules as namespaces)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "SubNet", "FULL", "WIDTHS", "DEPTHS", "grid",
+    "count_params", "encoder_flops",
+    "DynaBertModel", "ModelConfig", "ModelOutput", "extract_subnetwork", "init_params",
+    "subnetwork_config",
+    "CheckpointError", "from_pretrained_pytorch", "save_pretrained_pytorch",
+    "data", "metrics", "rewire",
+]
