@@ -35,14 +35,6 @@ SHAPES = {
 }
 
 
-def peak(compiled) -> dict:
-    m = compiled.memory_analysis()
-    out = {"temp": m.temp_size_in_bytes, "arguments": m.argument_size_in_bytes,
-           "outputs": m.output_size_in_bytes, "aliased": m.alias_size_in_bytes}
-    out["peak"] = out["temp"] + out["arguments"] + out["outputs"] - out["aliased"]
-    return out
-
-
 def measure(shape: str, batch: int, seq: int) -> dict:
     cfg = dj.ModelConfig(head="classification", **SHAPES[shape])
     model = dj.DynaBertModel(cfg)
@@ -61,10 +53,11 @@ def measure(shape: str, batch: int, seq: int) -> dict:
         t0 = time.perf_counter()
         compiled = jax.jit(steps.make_train_step(model, students, spec, tx),
                            donate_argnums=0).lower(state, params, b, rng).compile()
-        rows[name] = dict(peak(compiled), compile_seconds=round(time.perf_counter() - t0, 1))
-    single = rows["single student"]["peak"]
+        rows[name] = dict(steps.memory_stats(compiled),
+                          compile_seconds=round(time.perf_counter() - t0, 1))
+    single = rows["single student"]["peak_bytes"]
     for r in rows.values():
-        r["ratio_to_single"] = round(r["peak"] / single, 3)
+        r["ratio_to_single"] = round(r["peak_bytes"] / single, 3)
     return rows
 
 
@@ -84,7 +77,8 @@ def main():
         rows = measure(shape, args.batch, args.seq)
         result["shapes"][shape] = rows
         for name, r in rows.items():
-            print(f"| {shape} | {name} | {r['peak'] / 2**20:.0f} | {r['temp'] / 2**20:.0f} | "
+            print(f"| {shape} | {name} | {r['peak_bytes'] / 2**20:.0f} | "
+                  f"{r['temp_size_in_bytes'] / 2**20:.0f} | "
                   f"{r['ratio_to_single']:.2f} | {r['compile_seconds']} |", flush=True)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ nor checkpointed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -186,11 +186,11 @@ def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: Loss
             loss, g = jax.lax.switch(index, branches, state.params, batch, t_outs, key)
             return jax.tree_util.tree_map(jnp.add, grads, g), loss
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
         if len(branches) == 1:
             loss, grads = branches[0](state.params, batch, t_outs, keys[0])
             losses_arr = loss[None]
         else:
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
             grads, losses_arr = jax.lax.scan(
                 one_student, zeros, (jnp.arange(len(branches)), keys))
         grads = _freeze_padding_rows(grads, cfg)
@@ -201,6 +201,24 @@ def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: Loss
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def memory_stats(compiled) -> Optional[Dict[str, int]]:
+    """XLA's memory analysis of a compiled step, in bytes, with ``peak_bytes`` =
+    arguments + outputs + temporaries - aliased (donated) buffers; None when the
+    backend has no analysis."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # pragma: no cover - backend without memory analysis
+        return None
+    if m is None:
+        return None
+    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+              "alias_size_in_bytes", "generated_code_size_in_bytes")
+    out = {f: int(getattr(m, f, 0)) for f in fields}
+    out["peak_bytes"] = (out["temp_size_in_bytes"] + out["argument_size_in_bytes"]
+                         + out["output_size_in_bytes"] - out["alias_size_in_bytes"])
+    return out
 
 
 def make_eval_step(model: DynaBertModel):

@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from dynabert_jax import checkpoint as ckpt
 from dynabert_jax import data, metrics, report, rewire, sharding, steps
-from dynabert_jax.convert import CheckpointError, from_pretrained_pytorch, read_hf_config
+from dynabert_jax.convert import (CheckpointError, config_from_hf, from_pretrained_pytorch,
+                                  read_hf_config)
 from dynabert_jax.modeling import DynaBertModel
 from dynabert_jax.subnet import FULL, SubNet, grid
 
@@ -114,14 +115,19 @@ def resolve_pretrained(name: str) -> pathlib.Path:
     return path
 
 
+def _data_roots():
+    """Where benchmark data is looked for: ``$DYNABERT_DATA``, then ``../shared/data``
+    beside the checkout."""
+    env = os.environ.get("DYNABERT_DATA")
+    return ([pathlib.Path(env)] if env else []) + [REPO_ROOT.parent / "shared" / "data"]
+
+
 def resolve_data_dir(config) -> pathlib.Path:
     """``config.data.data_dir``, else ``$DYNABERT_DATA/glue``, else ``../shared/data/glue``
     beside the checkout, else the small SST-2 slice shipped for the demo."""
     if config.data.data_dir:
         return pathlib.Path(config.data.data_dir).expanduser()
-    env = os.environ.get("DYNABERT_DATA")
-    candidates = ([pathlib.Path(env) / "glue"] if env else []) + [
-        REPO_ROOT.parent / "shared" / "data" / "glue"]
+    candidates = [root / "glue" for root in _data_roots()]
     task = data.get_task(config.task)
     for c in candidates:
         if (c / task.dir_name).is_dir():
@@ -148,9 +154,7 @@ def _squad_split(config, tokenizer, which: str):
     """(examples, features) of the SQuAD ``train`` or ``dev`` file of the config."""
     path = config.data.squad_train if which == "train" else config.data.squad_dev
     if not path and which == "dev":
-        env = os.environ.get("DYNABERT_DATA")
-        root = pathlib.Path(env) if env else REPO_ROOT.parent / "shared" / "data"
-        path = root / "squad" / "v1.1" / "dev-v1.1.json"
+        path = _data_roots()[0] / "squad" / "v1.1" / "dev-v1.1.json"
     if not path or not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"SQuAD {which} file not found ({path or 'unset'}): set "
                                 f"config.data.squad_{which} to a SQuAD v1.1 JSON file")
@@ -177,7 +181,7 @@ class Context:
 
     config: Any
     workdir: pathlib.Path
-    task: data.GlueTask
+    task: Any                                 # data.GlueTask or SquadTask
     tokenizer: Any
     model: DynaBertModel
     pretrained_path: pathlib.Path
@@ -185,6 +189,7 @@ class Context:
     dev: Dict[str, Dict[str, np.ndarray]]   # split -> arrays
     mesh: Any
     squad_dev: Any = None                     # (examples, features) for SQuAD eval
+    teacher: Any = None                       # the fine-tuned teacher, once loaded
 
     @classmethod
     def create(cls, config, workdir) -> "Context":
@@ -217,8 +222,6 @@ class Context:
             dev = {s: arrays(s, config.data.dev_size) for s in task.eval_splits}
         head = head_for(task)
         hf = read_hf_config(pretrained)
-        from dynabert_jax.convert import config_from_hf
-
         model_config = config_from_hf(hf, head=head, num_labels=task.num_labels,
                                       **model_overrides(config))
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
@@ -294,21 +297,6 @@ def _abstract_params(model: DynaBertModel):
     return jax.eval_shape(lambda: init_params(model))
 
 
-def _memory(compiled) -> Optional[dict]:
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # pragma: no cover - backend without memory analysis
-        return None
-    if m is None:
-        return None
-    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
-              "alias_size_in_bytes", "generated_code_size_in_bytes")
-    out = {f: int(getattr(m, f, 0)) for f in fields}
-    out["peak_bytes"] = (out["temp_size_in_bytes"] + out["argument_size_in_bytes"]
-                         + out["output_size_in_bytes"] - out["alias_size_in_bytes"])
-    return out
-
-
 def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                 students: Sequence[SubNet], spec: steps.LossSpec):
     """Train ``students`` from ``init_params``; return (best params, best info)."""
@@ -359,25 +347,24 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                  store.directory / "latest")
 
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
-    example = {k: ctx.train[k][:bs] for k in batch_keys}
+    example = sharding.shard_batch({k: ctx.train[k][:bs] for k in batch_keys}, mesh)
     batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
-    step_fn = jax.jit(steps.make_train_step(ctx.model, students, spec, tx),
-                      in_shardings=(state_sh, teacher_sh, batch_sh, repl),
-                      out_shardings=(state_sh, repl), donate_argnums=0)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), STAGES.index(stage))
+
+    def compile_step(step_students):
+        step_fn = jax.jit(steps.make_train_step(ctx.model, step_students, spec, tx),
+                          in_shardings=(state_sh, teacher_sh, batch_sh, repl),
+                          out_shardings=(state_sh, repl), donate_argnums=0)
+        return step_fn.lower(state, teacher_params, example, rng).compile()
+
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, teacher_params,
-                             sharding.shard_batch(example, mesh), rng).compile()
+    compiled = compile_step(students)
     compile_s = time.perf_counter() - t0
-    memory = {"step": _memory(compiled), "compile_seconds": round(compile_s, 2),
+    memory = {"step": steps.memory_stats(compiled), "compile_seconds": round(compile_s, 2),
               "num_students": len(students), "batch_size": bs,
               "seq_len": config.data.max_seq_length}
     if len(students) > 1 and config.report_memory:
-        single = jax.jit(steps.make_train_step(ctx.model, (FULL,), spec, tx),
-                         in_shardings=(state_sh, teacher_sh, batch_sh, repl),
-                         out_shardings=(state_sh, repl), donate_argnums=0)
-        memory["single_student_step"] = _memory(single.lower(
-            state, teacher_params, sharding.shard_batch(example, mesh), rng).compile())
+        memory["single_student_step"] = steps.memory_stats(compile_step((FULL,)))
         if memory["step"] and memory["single_student_step"]:
             memory["peak_ratio"] = round(memory["step"]["peak_bytes"]
                                          / memory["single_student_step"]["peak_bytes"], 3)
@@ -460,6 +447,8 @@ def _stage_output(ctx: Context, stage: str):
 def teacher_params(ctx: Context):
     """The fine-tuned teacher: ``config.teacher_checkpoint`` (a Hugging Face PyTorch
     folder) if set, else the output of the ``teacher`` stage."""
+    if ctx.teacher is not None:
+        return ctx.teacher
     path = ctx.config.teacher_checkpoint
     if path:
         model, params = from_pretrained_pytorch(
@@ -469,21 +458,27 @@ def teacher_params(ctx: Context):
             raise CheckpointError(f"teacher_checkpoint {path} has another architecture "
                                   f"than config.model.pretrained: {model.config} vs "
                                   f"{ctx.model.config}")
-        return params
-    return _stage_output(ctx, "teacher")[0]
+        ctx.teacher = params
+    else:
+        ctx.teacher = _stage_output(ctx, "teacher")[0]
+    return ctx.teacher
 
 
-def _teacher_eval(ctx: Context, params) -> Dict[str, float]:
+def _teacher_eval(ctx: Context, params, known: Optional[Dict[str, float]] = None):
+    """The teacher's dev metrics, cached in ``teacher/eval.json`` by parameter checksum
+    (``known``: metrics already measured for these parameters)."""
     path = ctx.workdir / "teacher" / "eval.json"
     checksum = ckpt.tree_checksum(params)
-    if path.is_file():
+    if known is None and path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("checksum") == checksum:
             return cached["metrics"]
-    res = Evaluator(ctx, ctx.config.eval_batch_size)(params, [FULL], ctx.config.progress)
+    if known is None:
+        known = Evaluator(ctx, ctx.config.eval_batch_size)(
+            params, [FULL], ctx.config.progress)[FULL]
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json_atomic(path, {"checksum": checksum, "metrics": res[FULL]})
-    return res[FULL]
+    ckpt.write_json_atomic(path, {"checksum": checksum, "metrics": known})
+    return known
 
 
 def _write_grid(ctx: Context, stage: str, results: Mapping[SubNet, Mapping[str, float]]):
@@ -510,7 +505,8 @@ def stage_teacher(ctx: Context):
         rng=jax.random.PRNGKey(ctx.config.seed), **model_overrides(ctx.config))
     params, info = train_stage(ctx, "teacher", params, None, (FULL,),
                                steps.LossSpec(kind="task"))
-    metrics_ = _results_from_info(info)[FULL]
+    ctx.teacher = params
+    metrics_ = _teacher_eval(ctx, params, known=_results_from_info(info)[FULL])
     print(f"teacher: dev {ctx.task.primary_metric} = {metrics_[ctx.task.primary_metric]:.4f}")
     return metrics_
 
@@ -524,13 +520,13 @@ def stage_rewire(ctx: Context):
     out = ctx.workdir / "rewire"
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
+    head_order = np.argsort(-head_imp, axis=1, kind="stable")
     store = ckpt.StageCheckpoints(out / "checkpoints", {"stage": "rewire"})
     store.save_best(0, new, {"accumulate": cfg.accumulate,
-                             "head_order": np.argsort(-head_imp, axis=1,
-                                                      kind="stable").tolist()})
+                             "head_order": head_order.tolist()})
     store.close()
     print(f"rewire: permuted heads and FFN neurons by importance ({cfg.accumulate}); "
-          f"head order per layer: {np.argsort(-head_imp, axis=1, kind='stable')[:, :4].tolist()}...")
+          f"head order per layer: {head_order[:, :4].tolist()}...")
     return new
 
 
