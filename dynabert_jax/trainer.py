@@ -605,12 +605,13 @@ def stages_to_run(config) -> Tuple[str, ...]:
 def train_and_evaluate(config, workdir):
     """Run the stage(s) of ``config.stage`` in ``workdir``; returns the last stage's
     result (the grid record for width/width_depth/final/eval)."""
+    stages = stages_to_run(config)   # a bad stage name fails before any data loads
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     ctx = Context.create(config, workdir)
     result = None
-    for stage in stages_to_run(config):
+    for stage in stages:
         t0 = time.perf_counter()
         result = _STAGE_FNS[stage](ctx)
         log.info("stage %s done in %.1f s", stage, time.perf_counter() - t0)
