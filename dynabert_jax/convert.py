@@ -193,8 +193,9 @@ def config_to_hf(config: ModelConfig, id2label: Optional[Mapping[int, str]] = No
             f"a model with {config.num_attention_heads} heads of "
             f"{config.attention_head_size} (hidden {config.hidden_size}) has fewer heads "
             f"than a stock transformers 5 BERT config can express (no pruned_heads); "
-            f"save the full model and pick the sub-network at run time: a dedicated "
-            f"sub-network exporter is not part of this version")
+            f"export sub-networks from the full model with "
+            f"dynabert_jax.export.export_pytorch, and load them with "
+            f"dynabert_jax.export.load_pytorch_subnetwork")
     out = {
         "architectures": [architecture(config)],
         "model_type": config.model_type,
@@ -438,22 +439,38 @@ def save_pretrained_pytorch(model: DynaBertModel, params, out_dir, *,
     never leaves a half-written checkpoint. ``tokenizer_dir`` copies the tokenizer files
     along.
     """
+    config = model.config
+    return write_checkpoint_dir(out_dir, config_to_hf(config, id2label),
+                                state_dict_from_params(config, params), tokenizer_dir)
+
+
+def write_checkpoint_dir(out_dir, hf_config: Mapping, state: Mapping[str, np.ndarray],
+                         tokenizer_dir=None, extra_files: Optional[Mapping[str, str]] = None
+                         ) -> pathlib.Path:
+    """Write ``config.json``, ``model.safetensors`` (and tokenizer / extra text files)
+    into ``out_dir`` atomically: everything goes to ``<out_dir>.tmp`` first, which then
+    replaces ``out_dir``, so a crash never leaves a half-written checkpoint."""
     from safetensors.numpy import save_file
 
     out_dir = pathlib.Path(out_dir)
-    config = model.config
-    hf = config_to_hf(config, id2label)
-    state = state_dict_from_params(config, params)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    save_file(dict(state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
     if tokenizer_dir is not None:
         for name in _TOKENIZER_FILES:
             src = pathlib.Path(tokenizer_dir) / name
             if src.is_file():
                 shutil.copy2(src, tmp / name)
+    replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def replace_dir(tmp: pathlib.Path, out_dir: pathlib.Path) -> None:
+    """Move the finished folder ``tmp`` to ``out_dir``, replacing what was there."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
@@ -463,4 +480,3 @@ def save_pretrained_pytorch(model: DynaBertModel, params, out_dir, *,
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
-    return out_dir

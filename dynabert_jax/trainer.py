@@ -616,3 +616,74 @@ def train_and_evaluate(config, workdir):
         result = _STAGE_FNS[stage](ctx)
         log.info("stage %s done in %.1f s", stage, time.perf_counter() - t0)
     return result
+
+
+# ----------------------------------------------------------------------------------
+# Reading a finished run back (export, analysis)
+# ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained model read back from a workdir (see :func:`load_run`)."""
+
+    model: DynaBertModel
+    params: Any
+    stage: str
+    task: Any
+    id2label: Optional[Dict[int, str]]
+    tokenizer_dir: pathlib.Path
+    info: dict
+
+
+def load_run(workdir, stage: Optional[str] = None) -> Run:
+    """The model and best parameters a run left in ``workdir``, without loading data.
+
+    ``stage`` defaults to the last finished of ``final``, ``width_depth``, ``width``
+    (``teacher`` and ``rewire`` hold full-size models too). Raises
+    :class:`~dynabert_jax.convert.CheckpointError` when ``workdir`` is not a
+    dynabert_jax run or its checkpoint does not fit the model its config describes.
+    """
+    import ml_collections
+
+    workdir = pathlib.Path(workdir)
+    cfg_path = workdir / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{workdir} is not a dynabert_jax run folder: no config.json "
+                              f"(train.py writes one into its --workdir)")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path} is corrupted: {e}") from e
+    if not isinstance(raw, dict) or not {"task", "model", "stage"} <= set(raw):
+        raise CheckpointError(f"{cfg_path} is not a dynabert_jax training config (no "
+                              f"task/model/stage fields): is this a Hugging Face "
+                              f"checkpoint? Use convert.from_pretrained_pytorch for those")
+    config = ml_collections.ConfigDict(raw)
+    task = SquadTask() if config.task == "squad" else data.get_task(config.task)
+    if stage is None:
+        done = [s for s in ("final", "width_depth", "width") if
+                (workdir / s / "checkpoints" / "best").is_dir()]
+        if not done:
+            raise FileNotFoundError(f"{workdir} has no trained DynaBERT yet (no width, "
+                                    f"width_depth or final stage output)")
+        stage = done[0]
+    elif stage not in CHAIN:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {CHAIN}")
+    pretrained = resolve_pretrained(config.model.pretrained)
+    model_config = config_from_hf(read_hf_config(pretrained), head=head_for(task),
+                                  num_labels=task.num_labels, **model_overrides(config))
+    model = DynaBertModel(model_config)
+    directory = workdir / stage / "checkpoints"
+    if not (directory / "best").is_dir():
+        raise FileNotFoundError(f"stage {stage!r} has no output in {directory}")
+    try:
+        params, info = ckpt.load_params(directory, _abstract_params(model))
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"the checkpoint in {directory} does not fit the model "
+                              f"{config.model.pretrained!r} described by {cfg_path}: {e}"
+                              ) from e
+    labels = getattr(task, "label_list", None)
+    id2label = dict(enumerate(labels)) if labels else None
+    tok = pathlib.Path(config.model.tokenizer or pretrained)
+    return Run(model, params, stage, task, id2label, tok, info)
