@@ -61,6 +61,11 @@ def _flatten(d: Mapping, prefix: str = "") -> Dict[str, float]:
     return out
 
 
+#: The fields of a model config that name its shape (grid.json and latency tables).
+MODEL_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers",
+                    "num_attention_heads", "intermediate_size")
+
+
 def grid_record(task: str, metric: str, model_config, seq_len: int,
                 results: Mapping[SubNet, Mapping[str, float]],
                 teacher: Optional[Mapping[str, float]] = None,
@@ -72,7 +77,8 @@ def grid_record(task: str, metric: str, model_config, seq_len: int,
                 "params": count_params(model_config, subnet),
                 "flops": encoder_flops(model_config, subnet, seq_len)}
 
-    record = {"task": task, "metric": metric, "stage": stage, "seq_len": seq_len}
+    record = {"task": task, "metric": metric, "stage": stage, "seq_len": seq_len,
+              "model": {k: getattr(model_config, k) for k in MODEL_SHAPE_KEYS}}
     if teacher is not None:
         t = cell(FULL, teacher)
         record["teacher"] = {k: t[k] for k in ("metric", "metrics", "params", "flops")}

@@ -1,0 +1,128 @@
+"""Choosing a sub-network under a budget, on a hand-made grid and latency table."""
+import json
+
+import pytest
+
+from dynabert_jax import select as sel
+
+SHAPE = {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6,
+         "num_attention_heads": 12, "intermediate_size": 1536}
+
+# (width, depth, metric, params, flops, jax_ms, torch_ms)
+CELLS = [
+    (1.0, 1.0, 0.90, 22.7e6, 1.40e9, 30.0, 33.0),
+    (0.75, 1.0, 0.89, 20.0e6, 1.05e9, 24.0, 25.0),
+    (0.5, 1.0, 0.88, 17.4e6, 0.70e9, 16.0, 15.0),
+    (1.0, 0.5, 0.88, 17.4e6, 0.70e9, 15.0, 17.0),   # ties (0.5, 1.0) on metric and FLOPs
+    (0.25, 1.0, 0.85, 14.7e6, 0.35e9, 9.0, 8.0),
+    (0.25, 0.5, 0.80, 13.4e6, 0.17e9, 5.0, 4.0),
+]
+
+
+def grid(shape=SHAPE):
+    rec = {"task": "sst2", "metric": "acc", "seq_len": 128,
+           "subnets": [{"width": w, "depth": d, "metric": m, "metrics": {"acc": m},
+                        "params": int(p), "flops": f} for w, d, m, p, f, _, _ in CELLS]}
+    if shape is not None:
+        rec["model"] = shape
+    return rec
+
+
+def latency(batch_sizes=(1,), shape=SHAPE):
+    return {"benchmark": "latency", "device": "test cpu", "tables": [
+        {"model": "minilm", "shape": shape, "batch_size": b, "seq_len": 128,
+         "dtype": "float32", "backend": "cpu",
+         "rows": [{"width": w, "depth": d, "jax_ms": j * b, "torch_ms": t * b}
+                  for w, d, _, _, _, j, t in CELLS]} for b in batch_sizes]}
+
+
+def test_flops_budget_picks_most_accurate_that_fits():
+    s = sel.select(grid(), max_flops=1.0e9)
+    assert (s.best.width, s.best.depth) == (0.5, 1.0)
+    assert sum(c.fits for c in s.candidates) == 4
+    text = s.explain()
+    assert "chosen: width 0.5, depth 1" in text and "FLOPs 0.700 GFLOPs <= 1.000" in text
+    assert "no: FLOPs 1.050 GFLOPs > 1.000 GFLOPs" in text
+
+
+def test_ties_go_to_the_cheaper_and_budgets_combine():
+    s = sel.select(grid(), max_flops=0.8e9, max_params=15e6)
+    assert (s.best.width, s.best.depth) == (0.25, 1.0)
+    s = sel.select(grid(), max_params=17.4e6)
+    assert s.best.metric == 0.88  # both 0.88 cells cost the same: either is right
+    assert s.best.flops == 0.70e9
+
+
+def test_latency_budget_uses_the_measured_table():
+    table, desc = sel.latency_table(latency(), grid())
+    assert "measured on test cpu" in desc
+    s = sel.select(grid(), max_latency_ms=15.5, latency=table)
+    assert (s.best.width, s.best.depth) == (1.0, 0.5)   # 15 ms; (0.5, 1.0) takes 16 ms
+    s = sel.select(grid(), max_latency_ms=15.5, latency=table, runtime="torch")
+    assert (s.best.width, s.best.depth) == (0.5, 1.0)   # PyTorch: 15 ms vs 17 ms
+
+
+def test_nothing_fits_says_why():
+    s = sel.select(grid(), max_flops=0.1e9)
+    assert s.best is None
+    assert "the smallest FLOPs is 0.170 GFLOPs, over the budget of 0.100 GFLOPs" in \
+        s.explain()
+    s = sel.select(grid(), max_flops=0.2e9, max_params=14e6)
+    assert s.best is not None
+    s = sel.select(grid(), max_flops=0.2e9, max_params=13e6)
+    assert "parameter count is 13.40 M, over the budget of 13.00 M" in s.explain()
+
+
+def test_cli(tmp_path, capsys):
+    (tmp_path / "grid.json").write_text(json.dumps(grid()))
+    (tmp_path / "lat.json").write_text(json.dumps(latency(batch_sizes=(1, 32))))
+    args = ["--results", str(tmp_path / "grid.json")]
+    assert sel.main(args + ["--max-flops", "1G"]) == 0
+    assert "chosen: width 0.5, depth 1" in capsys.readouterr().out
+    assert sel.main(args + ["--max-flops", "50M"]) == 1
+    assert "nothing fits" in capsys.readouterr().out
+    lat = ["--latency", str(tmp_path / "lat.json")]
+    assert sel.main(args + lat + ["--max-latency-ms", "20"]) == 2
+    assert "choose one with --batch-size" in capsys.readouterr().err
+    assert sel.main(args + lat + ["--batch-size", "32", "--max-latency-ms", "300",
+                                  "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["best"]["width"], out["best"]["depth"]) == (0.25, 1.0)  # 9 x 32 = 288 ms
+    assert out["best"]["latency_ms"] == 288.0
+
+
+def test_bad_input_is_explained(tmp_path, capsys):
+    with pytest.raises(sel.SelectionError, match="needs a latency table"):
+        sel.select(grid(), max_latency_ms=10)
+    with pytest.raises(sel.SelectionError, match="no latency table for this model's shape"):
+        sel.latency_table(latency(shape=dict(SHAPE, hidden_size=768)), grid())
+    with pytest.raises(sel.SelectionError, match="--latency-model"):
+        sel.latency_table(latency(), grid(shape=None))
+    table, _ = sel.latency_table(latency(), grid(shape=None), model="minilm")
+    assert table["batch_size"] == 1
+    with pytest.raises(sel.SelectionError, match="no latency table with batch_size=8"):
+        sel.latency_table(latency(), grid(), batch_size=8)
+    with pytest.raises(sel.SelectionError, match="not a grid.json"):
+        sel.select({"task": "x"}, max_flops=1)
+    with pytest.raises(sel.SelectionError, match="not an amount"):
+        sel.parse_amount("ten")
+    assert sel.parse_amount("1.5G") == 1.5e9 and sel.parse_amount("20M") == 20e6
+    (tmp_path / "bad.json").write_text("{")
+    assert sel.main(["--results", str(tmp_path / "bad.json"), "--max-flops", "1G"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # no budget at all: argparse usage error
+        sel.main(["--results", str(tmp_path / "bad.json")])
+
+
+def test_real_grid_from_training_has_the_model_shape():
+    """grid.json written by the trainer records the shape latency tables match on."""
+    from dynabert_jax import ModelConfig, report
+
+    cfg = ModelConfig(**{k: v for k, v in SHAPE.items()}, head="classification")
+    from dynabert_jax.subnet import grid as subnet_grid
+
+    rec = report.grid_record("sst2", "acc", cfg, 128,
+                             {s: {"acc": 0.5} for s in subnet_grid()})
+    assert rec["model"] == SHAPE
+    table, _ = sel.latency_table(latency(), rec)
+    assert sel.select(rec, max_latency_ms=10, latency=table).best is not None
