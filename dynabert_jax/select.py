@@ -199,6 +199,9 @@ def latency_table(latency: Mapping, record: Mapping, *, batch_size: Optional[int
     t = found[0]
     desc = (f"{t.get('model')} batch {t.get('batch_size')} x seq {t.get('seq_len')}, "
             f"{t.get('dtype')}, measured on {latency.get('device', 'an unnamed device')}")
+    if record.get("seq_len") not in (None, t.get("seq_len")):
+        desc += (f" (the grid's FLOPs are per sequence of {record['seq_len']} tokens, "
+                 f"the latencies per sequence of {t.get('seq_len')})")
     return t, desc
 
 
