@@ -29,7 +29,6 @@ CPU settings (chosen here, recorded in the JSON): JAX's CPU client is started wi
 ``torch.set_num_threads(--threads)``; both use all cores by default.
 """
 import argparse
-import copy
 import datetime
 import json
 import os
@@ -63,7 +62,8 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="float32",
                     help="comma-separated: float32, bfloat16 (matmuls in bf16)")
     ap.add_argument("--subnets", default=None,
-                    help="subset of the grid, e.g. 1x1,0.25x0.5 (width x depth)")
+                    help="sub-networks to time instead of the grid, any width/depth, e.g. "
+                         "1x1,0.375x1 (width x depth; include 1x1 for the speedup column)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="PyTorch intra-op threads (JAX's CPU client uses every core)")
     ap.add_argument("--xla-flags", default="",
@@ -83,8 +83,8 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------
-# PyTorch reference of the same shape (as tests/torch_ref.py: stock transformers model,
-# dropped heads / neurons / layers removed with prune_linear_layer)
+# PyTorch reference of the same shape (the exported Hugging Face sub-network: stock
+# transformers model, dropped heads / neurons / layers removed with prune_linear_layer)
 # ----------------------------------------------------------------------------------
 
 
@@ -105,33 +105,17 @@ def torch_full_model(cfg, params):
     return model.eval()
 
 
-def torch_pruned(model, cfg, subnet):
-    """A deep copy keeping the sub-network's first heads / FFN neurons of its kept
-    layers (the rules of tests/torch_ref.py ``pruned_copy``; sizes from ``subnet``)."""
-    import torch
-    from transformers.pytorch_utils import prune_linear_layer
+def torch_subnetwork(model, params, subnet):
+    """The PyTorch model a user deploys: ``export.export_pytorch`` of the sub-network,
+    loaded by ``export.load_pytorch_subnetwork`` (a stock transformers model whose
+    attention is pruned with ``prune_linear_layer``, fewer layers and FFN neurons)."""
+    import tempfile
 
-    model = copy.deepcopy(model)
-    base = model.bert
-    heads, f = subnet.num_heads(cfg), subnet.ffn_size(cfg)
-    a_idx, f_idx = torch.arange(heads * cfg.head_dim), torch.arange(f)
-    layers = []
-    for i in subnet.kept_layers(cfg):
-        layer = base.encoder.layer[i]
-        sa = layer.attention.self
-        sa.query = prune_linear_layer(sa.query, a_idx, dim=0)
-        sa.key = prune_linear_layer(sa.key, a_idx, dim=0)
-        sa.value = prune_linear_layer(sa.value, a_idx, dim=0)
-        sa.num_attention_heads = heads
-        sa.all_head_size = heads * cfg.head_dim
-        layer.attention.output.dense = prune_linear_layer(
-            layer.attention.output.dense, a_idx, dim=1)
-        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, f_idx, dim=0)
-        layer.output.dense = prune_linear_layer(layer.output.dense, f_idx, dim=1)
-        layers.append(layer)
-    base.encoder.layer = torch.nn.ModuleList(layers)
-    base.config.num_hidden_layers = len(layers)
-    return model.eval()
+    from dynabert_jax import export
+
+    with tempfile.TemporaryDirectory() as d:
+        path = export.export_pytorch(model, params, subnet, pathlib.Path(d) / "pt")
+        return export.load_pytorch_subnetwork(path)
 
 
 # ----------------------------------------------------------------------------------
@@ -189,7 +173,7 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
                                  token_type_ids=token_type_ids, deterministic=True).logits
 
     tdev = "cuda" if backend == "gpu" else "cpu"
-    tmodel = torch_pruned(torch_full, model.config, subnet).to(tdev)
+    tmodel = torch_subnetwork(model, params, subnet).to(tdev)
     tin = {k: torch.as_tensor(v).to(tdev) for k, v in inputs.items()}
     autocast = (torch.autocast(tdev, dtype=torch.bfloat16) if dtype == "bfloat16"
                 else torch.autocast(tdev, enabled=False))
@@ -332,10 +316,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     subnets = dj.grid()
-    if args.subnets:
-        keep = {dj.SubNet(*map(float, s.split("x"))) for s in args.subnets.split(",")}
-        subnets = tuple(s for s in subnets if s in keep)
-        if dj.FULL not in keep:
+    if args.subnets:  # any (width, depth), trained grid or not, in the order given
+        subnets = tuple(dj.SubNet(*map(float, s.split("x"))) for s in args.subnets.split(","))
+        subnets = tuple(sorted(subnets, key=lambda s: s != dj.FULL))  # full first
+        if dj.FULL not in subnets:
             print("note: the full network is not measured, so no speedups",
                   file=sys.stderr)
 

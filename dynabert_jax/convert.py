@@ -460,13 +460,19 @@ def write_checkpoint_dir(out_dir, hf_config: Mapping, state: Mapping[str, np.nda
     (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
-    if tokenizer_dir is not None:
-        for name in _TOKENIZER_FILES:
-            src = pathlib.Path(tokenizer_dir) / name
-            if src.is_file():
-                shutil.copy2(src, tmp / name)
+    copy_tokenizer_files(tokenizer_dir, tmp)
     replace_dir(tmp, out_dir)
     return out_dir
+
+
+def copy_tokenizer_files(tokenizer_dir, out_dir) -> None:
+    """Copy the tokenizer files of ``tokenizer_dir`` (if any, and if given) along."""
+    if tokenizer_dir is None:
+        return
+    for name in _TOKENIZER_FILES:
+        src = pathlib.Path(tokenizer_dir) / name
+        if src.is_file():
+            shutil.copy2(src, pathlib.Path(out_dir) / name)
 
 
 def replace_dir(tmp: pathlib.Path, out_dir: pathlib.Path) -> None:

@@ -39,10 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynabert_jax.convert import (
-    _TOKENIZER_FILES,
     CheckpointError,
-    architecture,
     config_to_hf,
+    copy_tokenizer_files,
     read_hf_config,
     replace_dir,
     state_dict_from_params,
@@ -232,11 +231,7 @@ def export_jax(model: DynaBertModel, params, subnet: SubNet, out_dir, *,
             else "span_logits [batch, seq, 2] (start, end)",
         }
     (tmp / JAX_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    if tokenizer_dir is not None:
-        for name in _TOKENIZER_FILES:
-            src = pathlib.Path(tokenizer_dir) / name
-            if src.is_file():
-                shutil.copy2(src, tmp / name)
+    copy_tokenizer_files(tokenizer_dir, tmp)
     replace_dir(tmp, out_dir)
     return out_dir
 

@@ -18,7 +18,7 @@ import torch
 import dynabert_jax as dj
 from dynabert_jax import export
 from dynabert_jax.convert import CheckpointError
-from conftest import REPO, tiny_train_config
+from conftest import tiny_train_config
 
 SUBNETS = dj.grid() + (dj.SubNet(0.375, 1.0), dj.SubNet(0.375, 0.5))
 TOL = 1e-4
