@@ -372,3 +372,20 @@ def test_transformers4_loads_the_export_with_plain_from_pretrained(minilm, input
         np.testing.assert_allclose(np.load(tmp_path / "out.npy"),
                                    jax_subnet_output(model, params, subnet, inputs),
                                    atol=TOL, rtol=0)
+
+
+def test_span_head_exports_through_every_format(tiny_bert_dir, tmp_path):
+    """SQuAD models: BertForQuestionAnswering with start/end logits in every format."""
+    model, params = dj.from_pretrained_pytorch(tiny_bert_dir, head="span",
+                                               rng=jax.random.PRNGKey(3))
+    subnet = dj.SubNet(0.5, 0.75)
+    out = tmp_path / "out"
+    export.export_jax(model, params, subnet, out / "jax")
+    pt = export.export_pytorch(model, params, subnet, out / "pytorch")
+    export.export_onnx(pt, out / "onnx" / "model.onnx")
+    assert type(export.load_pytorch_subnetwork(pt)).__name__ == "BertForQuestionAnswering"
+    sess = export.onnx_session(out / "onnx" / "model.onnx")
+    assert [o.name for o in sess.get_outputs()] == ["start_logits", "end_logits"]
+    diffs = export.verify_export(model, params, subnet, out, export.FORMATS)
+    assert set(diffs) == set(export.FORMATS)
+    assert max(diffs.values()) <= TOL, diffs
