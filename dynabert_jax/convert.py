@@ -23,7 +23,7 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -129,16 +129,31 @@ def architecture(config: ModelConfig) -> str:
 # ----------------------------------------------------------------------------------
 
 
+def read_json(file, missing: str):
+    """The JSON in ``file``; :class:`CheckpointError` with ``missing`` when there is no
+    such file, or naming the file when it is not valid JSON."""
+    file = pathlib.Path(file)
+    if not file.is_file():
+        raise CheckpointError(missing)
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
+
+
+def mismatch_error(header: str, groups: Mapping[str, Sequence[str]]
+                   ) -> Optional[CheckpointError]:
+    """An error listing every non-empty group of offending keys under ``header``
+    (``{"missing keys": [...], ...}``), or None when all groups are empty."""
+    parts = [f"  {name} ({len(items)}): {list(items)}" for name, items in groups.items()
+             if items]
+    return CheckpointError("\n".join([header] + parts)) if parts else None
+
+
 def read_hf_config(path) -> dict:
     path = pathlib.Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{path} is not a Hugging Face checkpoint directory: "
-                              f"no config.json in it")
-    try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
+    return read_json(path / "config.json", f"{path} is not a Hugging Face checkpoint "
+                                           f"directory: no config.json in it")
 
 
 def config_from_hf(hf: Mapping, head: Optional[str] = None,
@@ -187,8 +202,7 @@ def config_from_hf(hf: Mapping, head: Optional[str] = None,
 
 def config_to_hf(config: ModelConfig, id2label: Optional[Mapping[int, str]] = None) -> dict:
     """A ``config.json`` dict that stock transformers loads."""
-    if config.attention_head_size is not None and (
-            config.attention_head_size * config.num_attention_heads != config.hidden_size):
+    if config.has_reduced_heads:
         raise CheckpointError(
             f"a model with {config.num_attention_heads} heads of "
             f"{config.attention_head_size} (hidden {config.hidden_size}) has fewer heads "
@@ -361,15 +375,11 @@ def params_from_state_dict(config: ModelConfig, state: Mapping[str, np.ndarray],
             unexpected.append(k)
         else:
             skipped[k] = why
-    if missing or unexpected or mismatched:
-        lines = [f"{source} does not match {tried}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
-        if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): {mismatched}")
-        raise CheckpointError("\n".join(lines))
+    error = mismatch_error(f"{source} does not match {tried}:", {
+        "missing keys": missing, "unexpected keys": unexpected,
+        "shape mismatches": mismatched})
+    if error:
+        raise error
     for k, why in skipped.items():
         log.info("skipped %s (%s)", k, why)
     if fresh_head:

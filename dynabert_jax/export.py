@@ -42,6 +42,8 @@ from dynabert_jax.convert import (
     CheckpointError,
     config_to_hf,
     copy_tokenizer_files,
+    mismatch_error,
+    read_json,
     read_hf_config,
     replace_dir,
     state_dict_from_params,
@@ -66,8 +68,7 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 def _check_full_model(model: DynaBertModel) -> None:
     cfg = model.config
-    if cfg.attention_head_size is not None and (
-            cfg.attention_head_size * cfg.num_attention_heads != cfg.hidden_size):
+    if cfg.has_reduced_heads:
         raise ValueError(
             f"this model has {cfg.num_attention_heads} heads of {cfg.attention_head_size} "
             f"(hidden {cfg.hidden_size}): it is already an extracted sub-network; export "
@@ -128,15 +129,6 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = value
     return tree
-
-
-def _read_json(path: pathlib.Path, what: str) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} is not {what}: no {path.name}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupted (not valid JSON): {e}") from e
 
 
 def _load_safetensors(path: pathlib.Path) -> Dict[str, np.ndarray]:
@@ -237,7 +229,8 @@ def export_jax(model: DynaBertModel, params, subnet: SubNet, out_dir, *,
 
 
 def _read_jax_meta(path: pathlib.Path) -> dict:
-    meta = _read_json(path / JAX_CONFIG, "an exported dynabert_jax sub-network")
+    meta = read_json(path / JAX_CONFIG, f"{path} is not an exported dynabert_jax "
+                                        f"sub-network: no {JAX_CONFIG}")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / JAX_CONFIG} is not a dynabert_jax sub-network "
                               f"(format {meta.get('format')!r}, expected {FORMAT!r})")
@@ -263,13 +256,10 @@ def load_jax_subnetwork(path, dtype=jnp.float32) -> Tuple[DynaBertModel, dict]:
     unexpected = sorted(set(flat) - set(expected))
     bad = [f"{k}: file {list(flat[k].shape)}, config expects {list(expected[k].shape)}"
            for k in sorted(set(flat) & set(expected)) if tuple(flat[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or bad:
-        lines = [f"{path / JAX_PARAMS} does not match its config:"]
-        for name, items in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatches", bad)):
-            if items:
-                lines.append(f"  {name} ({len(items)}): {items}")
-        raise CheckpointError("\n".join(lines))
+    error = mismatch_error(f"{path / JAX_PARAMS} does not match its config:", {
+        "missing": missing, "unexpected": unexpected, "shape mismatches": bad})
+    if error:
+        raise error
     params = unflatten_params({k: jnp.asarray(v) for k, v in flat.items()})
     return model, params
 
@@ -432,14 +422,12 @@ def load_pytorch_subnetwork(path, torch_dtype=None):
     unexpected = sorted(k for k in state if k not in own)
     bad = [f"{k}: file {list(state[k].shape)}, model {list(own[k].shape)}"
            for k in sorted(set(state) & set(own)) if tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
-        lines = [f"{path / 'model.safetensors'} does not fit the {cls.__name__} its "
-                 f"config.json describes:"]
-        for name, items in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatches", bad)):
-            if items:
-                lines.append(f"  {name} ({len(items)}): {items}")
-        raise CheckpointError("\n".join(lines))
+    error = mismatch_error(
+        f"{path / 'model.safetensors'} does not fit the {cls.__name__} its config.json "
+        f"describes:", {"missing": missing, "unexpected": unexpected,
+                        "shape mismatches": bad})
+    if error:
+        raise error
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))

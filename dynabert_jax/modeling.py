@@ -122,6 +122,11 @@ class ModelConfig:
         return self.num_attention_heads * self.head_dim
 
     @property
+    def has_reduced_heads(self) -> bool:
+        """True for an extracted sub-network: fewer heads than ``hidden / head size``."""
+        return self.all_head_size != self.hidden_size
+
+    @property
     def has_pooler(self) -> bool:
         """BERT's classifier reads the pooler; RoBERTa's head and span heads do not."""
         if self.pooler is not None:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from dynabert_jax import checkpoint as ckpt
 from dynabert_jax import data, metrics, report, rewire, sharding, steps
 from dynabert_jax.convert import (CheckpointError, config_from_hf, from_pretrained_pytorch,
-                                  read_hf_config)
+                                  read_hf_config, read_json)
 from dynabert_jax.modeling import DynaBertModel
 from dynabert_jax.subnet import FULL, SubNet, grid
 
@@ -568,15 +568,17 @@ def stage_final(ctx: Context):
     return _write_grid(ctx, "final", _results_from_info(info))
 
 
+def latest_trained_stage(workdir: pathlib.Path) -> str:
+    """The last finished DynaBERT stage in ``workdir``: final, width_depth or width."""
+    for s in ("final", "width_depth", "width"):
+        if (workdir / s / "checkpoints" / "best").is_dir():
+            return s
+    raise FileNotFoundError(f"nothing trained in {workdir} yet: no width, width_depth or "
+                            f"final stage output")
+
+
 def stage_eval(ctx: Context):
-    source = ctx.config.eval_from
-    if not source:
-        done = [s for s in ("final", "width_depth", "width") if
-                (ctx.workdir / s / "checkpoints" / "best").is_dir()]
-        if not done:
-            raise FileNotFoundError(f"nothing to evaluate in {ctx.workdir}: no width, "
-                                    f"width_depth or final stage output")
-        source = done[0]
+    source = ctx.config.eval_from or latest_trained_stage(ctx.workdir)
     params = _stage_output(ctx, source)[0]
     depths = ctx.config.depths if source != "width" else (1.0,)
     results = Evaluator(ctx, ctx.config.eval_batch_size)(
@@ -648,13 +650,8 @@ def load_run(workdir, stage: Optional[str] = None) -> Run:
 
     workdir = pathlib.Path(workdir)
     cfg_path = workdir / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{workdir} is not a dynabert_jax run folder: no config.json "
-                              f"(train.py writes one into its --workdir)")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path} is corrupted: {e}") from e
+    raw = read_json(cfg_path, f"{workdir} is not a dynabert_jax run folder: no "
+                              f"config.json (train.py writes one into its --workdir)")
     if not isinstance(raw, dict) or not {"task", "model", "stage"} <= set(raw):
         raise CheckpointError(f"{cfg_path} is not a dynabert_jax training config (no "
                               f"task/model/stage fields): is this a Hugging Face "
@@ -662,12 +659,7 @@ def load_run(workdir, stage: Optional[str] = None) -> Run:
     config = ml_collections.ConfigDict(raw)
     task = SquadTask() if config.task == "squad" else data.get_task(config.task)
     if stage is None:
-        done = [s for s in ("final", "width_depth", "width") if
-                (workdir / s / "checkpoints" / "best").is_dir()]
-        if not done:
-            raise FileNotFoundError(f"{workdir} has no trained DynaBERT yet (no width, "
-                                    f"width_depth or final stage output)")
-        stage = done[0]
+        stage = latest_trained_stage(workdir)
     elif stage not in CHAIN:
         raise ValueError(f"unknown stage {stage!r}; choose one of {CHAIN}")
     pretrained = resolve_pretrained(config.model.pretrained)
