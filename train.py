@@ -5,8 +5,9 @@
     python train.py --config configs/glue.py:task=rte,stage=width_depth \
         --workdir runs/rte --config.width_depth.learning_rate=1e-5
 
-Stages (``--config.stage``): teacher, rewire, width, width_depth, final, eval, all. A
-killed run resumes where it stopped when started again with the same workdir.
+Stages (``--config.stage``): teacher, rewire, width, width_depth, final, eval, all, and
+the baselines direct and no_rewire (docs/training.md). A killed run resumes where it
+stopped when started again with the same workdir.
 """
 import logging
 import os

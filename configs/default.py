@@ -63,6 +63,11 @@ def get_config():
     c.width = stage(lambda_logit=1.0, lambda_hidden=0.1)
     c.width_depth = stage(lambda_logit=1.0, lambda_hidden=1.0)
     c.final = stage(eval_every=10, enabled=False)  # optional stage 3
+    # Baselines (docs/results.md), run after the chain by stage=all when listed:
+    # "direct": every (width, depth) shape fine-tuned from the pre-trained weights alone,
+    # with the ``direct`` settings; "no_rewire": DynaBERT_W and DynaBERT without rewiring.
+    c.baselines = ()
+    c.direct = stage()
 
     c.loss = ml_collections.ConfigDict()
     c.loss.label_loss = False            # add the task loss while distilling

@@ -15,7 +15,14 @@ width_depth   DynaBERT_W                           4 widths x 3 depths, distille
                                                    DynaBERT_W at full size (spec 4.3)
 final         DynaBERT                             the 12 sub-networks on the labels (4.4)
 eval          the last stage's output              nothing: evaluates the grid
+direct        the pre-trained encoder + new head   baseline: each shape of the grid, fine-
+                                                   tuned on the labels on its own
+no_rewire     the teacher (not rewired)            baseline: width then width_depth, into
+                                                   ``no_rewire/width``, ``.../width_depth``
 ============  ===================================  ==========================================
+
+``stage=all`` runs teacher to width_depth (and final when enabled), then the baselines
+listed in ``config.baselines``.
 
 Every stage's output is its best-on-dev checkpoint (selection score: the sum over its
 sub-networks of the task's primary metric, as the official code). A killed stage resumes
@@ -47,7 +54,9 @@ from dynabert_jax.subnet import FULL, SubNet, grid
 
 log = logging.getLogger(__name__)
 
-STAGES = ("teacher", "rewire", "width", "width_depth", "final", "eval")
+STAGES = ("teacher", "rewire", "width", "width_depth", "final", "eval", "direct",
+          "no_rewire")
+BASELINES = ("direct", "no_rewire")
 CHAIN = ("teacher", "rewire", "width", "width_depth", "final")
 _TRAINED = ("teacher", "width", "width_depth", "final")
 
@@ -190,6 +199,7 @@ class Context:
     mesh: Any
     squad_dev: Any = None                     # (examples, features) for SQuAD eval
     teacher: Any = None                       # the fine-tuned teacher, once loaded
+    sizes: Dict[str, Any] = dataclasses.field(default_factory=dict)  # examples per split
 
     @classmethod
     def create(cls, config, workdir) -> "Context":
@@ -213,9 +223,12 @@ class Context:
             cache = config.data.cache_dir or str(
                 pathlib.Path("~/.cache/dynabert_jax/tokenized").expanduser())
 
+            sizes = {}
+
             def arrays(split, size):
-                ds = _subset(data.load_glue(task.name, data_dir, split=split), size,
-                             config.seed)
+                full = data.load_glue(task.name, data_dir, split=split)
+                ds = _subset(full, size, config.seed)
+                sizes[split] = {"used": len(ds), "available": len(full)}
                 return data.tokenize_dataset(ds, tokenizer, task, seq, cache_dir=cache)
 
             train = arrays("train", config.data.train_size)
@@ -229,8 +242,11 @@ class Context:
         log.info("task %s: %d train, %s dev examples; mesh of %d %s device(s)", task.name,
                  data.num_examples(train), {k: data.num_examples(v) for k, v in dev.items()},
                  mesh.size, jax.devices()[0].platform)
+        if task.name == "squad":
+            sizes = {"train": {"used": data.num_examples(train)},
+                     "dev": {"used": data.num_examples(dev["dev"])}}
         return cls(config, workdir, task, tokenizer, DynaBertModel(model_config, dtype),
-                   pretrained, train, dev, mesh, squad_dev)
+                   pretrained, train, dev, mesh, squad_dev, sizes=sizes)
 
     def dev_batches(self, batch_size: int):
         for split in self.task.eval_splits:
@@ -298,10 +314,12 @@ def _abstract_params(model: DynaBertModel):
 
 
 def train_stage(ctx: Context, stage: str, init_params, teacher_params,
-                students: Sequence[SubNet], spec: steps.LossSpec):
-    """Train ``students`` from ``init_params``; return (best params, best info)."""
+                students: Sequence[SubNet], spec: steps.LossSpec,
+                out_name: Optional[str] = None):
+    """Train ``students`` from ``init_params`` with the settings ``config[stage]``, into
+    ``<workdir>/<out_name or stage>``; return (best params, best info)."""
     config, scfg = ctx.config, ctx.config[stage]
-    out_dir = ctx.workdir / stage
+    out_dir = ctx.workdir / (out_name or stage)
     out_dir.mkdir(parents=True, exist_ok=True)
     mesh = ctx.mesh
     bs = scfg.batch_size
@@ -481,7 +499,9 @@ def _teacher_eval(ctx: Context, params, known: Optional[Dict[str, float]] = None
     return known
 
 
-def _write_grid(ctx: Context, stage: str, results: Mapping[SubNet, Mapping[str, float]]):
+def _write_grid(ctx: Context, stage: str, results: Mapping[SubNet, Mapping[str, float]],
+                top_level: bool = True):
+    """grid.json/.md/.png into ``<workdir>/<stage>`` and, if ``top_level``, the workdir."""
     teacher = None
     try:
         teacher = _teacher_eval(ctx, teacher_params(ctx))
@@ -489,8 +509,9 @@ def _write_grid(ctx: Context, stage: str, results: Mapping[SubNet, Mapping[str, 
         pass
     rec = report.grid_record(ctx.task.name, ctx.task.primary_metric, ctx.model.config,
                              ctx.config.data.max_seq_length, results, teacher, stage)
-    report.write_grid(rec, ctx.workdir / stage)
-    paths = report.write_grid(rec, ctx.workdir)
+    paths = report.write_grid(rec, ctx.workdir / stage)
+    if top_level:
+        paths = report.write_grid(rec, ctx.workdir)
     print("\n" + report.markdown_table(rec) + f"\n\nwritten: {', '.join(map(str, paths))}")
     return rec
 
@@ -499,11 +520,15 @@ def _results_from_info(info) -> Dict[SubNet, Dict[str, float]]:
     return {SubNet(w, d): r for w, d, r in info["results"]}
 
 
-def stage_teacher(ctx: Context):
-    _, params = from_pretrained_pytorch(
+def _pretrained_init(ctx: Context):
+    """The pre-trained encoder with a fresh task head (seeded): the teacher's start."""
+    return from_pretrained_pytorch(
         ctx.pretrained_path, head=ctx.model.config.head, num_labels=ctx.task.num_labels,
-        rng=jax.random.PRNGKey(ctx.config.seed), **model_overrides(ctx.config))
-    params, info = train_stage(ctx, "teacher", params, None, (FULL,),
+        rng=jax.random.PRNGKey(ctx.config.seed), **model_overrides(ctx.config))[1]
+
+
+def stage_teacher(ctx: Context):
+    params, info = train_stage(ctx, "teacher", _pretrained_init(ctx), None, (FULL,),
                                steps.LossSpec(kind="task"))
     ctx.teacher = params
     metrics_ = _teacher_eval(ctx, params, known=_results_from_info(info)[FULL])
@@ -546,19 +571,20 @@ def _distill_spec(ctx: Context, stage: str) -> steps.LossSpec:
                           and stage == "width_depth")
 
 
-def stage_width(ctx: Context):
+def stage_width(ctx: Context, init=None, prefix: str = "", top_level: bool = True):
     students = grid(ctx.config.widths, (1.0,))
-    _, info = train_stage(ctx, "width", _width_init(ctx), teacher_params(ctx), students,
-                          _distill_spec(ctx, "width"))
-    return _write_grid(ctx, "width", _results_from_info(info))
+    _, info = train_stage(ctx, "width", _width_init(ctx) if init is None else init,
+                          teacher_params(ctx), students, _distill_spec(ctx, "width"),
+                          out_name=prefix + "width")
+    return _write_grid(ctx, prefix + "width", _results_from_info(info), top_level)
 
 
-def stage_width_depth(ctx: Context):
-    start = _stage_output(ctx, "width")[0]
+def stage_width_depth(ctx: Context, prefix: str = "", top_level: bool = True):
+    start = _stage_output(ctx, prefix + "width")[0]
     students = grid(ctx.config.widths, ctx.config.depths)
     _, info = train_stage(ctx, "width_depth", start, _copy(start), students,
-                          _distill_spec(ctx, "width_depth"))
-    return _write_grid(ctx, "width_depth", _results_from_info(info))
+                          _distill_spec(ctx, "width_depth"), out_name=prefix + "width_depth")
+    return _write_grid(ctx, prefix + "width_depth", _results_from_info(info), top_level)
 
 
 def stage_final(ctx: Context):
@@ -566,6 +592,29 @@ def stage_final(ctx: Context):
     students = grid(ctx.config.widths, ctx.config.depths)
     _, info = train_stage(ctx, "final", start, None, students, steps.LossSpec(kind="task"))
     return _write_grid(ctx, "final", _results_from_info(info))
+
+
+def stage_direct(ctx: Context):
+    """Baseline: every shape of the grid fine-tuned on the labels from the pre-trained
+    weights, with the ``direct`` settings and no teacher. A shape keeps the first heads
+    and neurons and the layers of the depth rule (spec 1-2), as DynaBERT does, but of
+    the pre-trained, un-rewired network. One run per shape, in ``direct/<shape>``; the
+    table goes to ``direct/grid.json``."""
+    init, results = _pretrained_init(ctx), {}
+    for subnet in grid(ctx.config.widths, ctx.config.depths):
+        _, info = train_stage(ctx, "direct", init, None, (subnet,),
+                              steps.LossSpec(kind="task"), out_name=f"direct/{subnet.name}")
+        results[subnet] = _results_from_info(info)[subnet]
+    return _write_grid(ctx, "direct", results, top_level=False)
+
+
+def stage_no_rewire(ctx: Context):
+    """Baseline: DynaBERT_W and DynaBERT as in the chain, but starting from the teacher
+    without rewiring, into ``no_rewire/width`` and ``no_rewire/width_depth``."""
+    stage_width(ctx, init=teacher_params(ctx), prefix="no_rewire/", top_level=False)
+    rec = stage_width_depth(ctx, prefix="no_rewire/", top_level=False)
+    report.write_grid(rec, ctx.workdir / "no_rewire")
+    return rec
 
 
 def latest_trained_stage(workdir: pathlib.Path) -> str:
@@ -587,17 +636,23 @@ def stage_eval(ctx: Context):
 
 
 _STAGE_FNS = {"teacher": stage_teacher, "rewire": stage_rewire, "width": stage_width,
-              "width_depth": stage_width_depth, "final": stage_final, "eval": stage_eval}
+              "width_depth": stage_width_depth, "final": stage_final, "eval": stage_eval,
+              "direct": stage_direct, "no_rewire": stage_no_rewire}
 
 
 def stages_to_run(config) -> Tuple[str, ...]:
+    baselines = tuple(config.get("baselines", ()))
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown} in config.baselines; choose from "
+                         f"{BASELINES}")
     if config.stage == "all":
         chain = CHAIN if config.final.enabled else CHAIN[:-1]
         if config.teacher_checkpoint:
             chain = chain[1:]
         if not config.rewire.enabled:
             chain = tuple(s for s in chain if s != "rewire")
-        return chain
+        return chain + baselines
     if config.stage not in STAGES:
         raise ValueError(f"unknown stage {config.stage!r}; choose one of "
                          f"{STAGES + ('all',)}")
@@ -612,11 +667,18 @@ def train_and_evaluate(config, workdir):
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     ctx = Context.create(config, workdir)
+    ckpt.write_json_atomic(workdir / "data.json", ctx.sizes)
     result = None
     for stage in stages:
         t0 = time.perf_counter()
         result = _STAGE_FNS[stage](ctx)
-        log.info("stage %s done in %.1f s", stage, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        log.info("stage %s done in %.1f s", stage, seconds)
+        with open(workdir / "stages.jsonl", "a") as f:   # wall time per stage, per call
+            f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1),
+                                "time": round(time.time(), 1),
+                                "device": jax.devices()[0].device_kind,
+                                "num_devices": ctx.mesh.size}) + "\n")
     return result
 
 

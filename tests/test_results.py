@@ -1,0 +1,160 @@
+"""The baselines of the results (direct fine-tuning per shape, DynaBERT without
+rewiring) on the tiny model, and their collection into docs/results tables."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import dynabert_jax as dj
+from dynabert_jax import checkpoint as ckpt
+from dynabert_jax import results, trainer
+
+from conftest import tiny_train_config
+
+
+def _like(config):
+    hf = json.loads(open(f"{config.model.pretrained}/config.json").read())
+    model = dj.DynaBertModel(dj.convert.config_from_hf(hf, head="classification"))
+    return model, jax.eval_shape(lambda: dj.init_params(model))
+
+
+@pytest.fixture(scope="module")
+def run_with_baselines(tiny_bert_dir, tmp_path_factory):
+    """The chain plus both baselines, without dropout so that runs can be compared
+    bit for bit."""
+    tmp = tmp_path_factory.mktemp("baselines")
+    config = tiny_train_config(tiny_bert_dir, tmp, baselines=("direct", "no_rewire"),
+                               **{"model.dropout": 0.0})
+    assert trainer.stages_to_run(config) == ("teacher", "rewire", "width", "width_depth",
+                                             "direct", "no_rewire")
+    trainer.train_and_evaluate(config, tmp / "run")
+    return config, tmp / "run"
+
+
+def test_direct_trains_each_shape_alone_from_the_pretrained_weights(run_with_baselines):
+    config, run = run_with_baselines
+    model, like = _like(config)
+    grid = json.loads((run / "direct" / "grid.json").read_text())
+    assert grid["stage"] == "direct" and len(grid["subnets"]) == 12
+    assert "teacher" in grid
+    # The top-level grid stays DynaBERT's.
+    assert json.loads((run / "grid.json").read_text())["stage"] == "width_depth"
+    init = trainer._pretrained_init(trainer.Context.create(config, run))
+    params, _ = ckpt.load_params(run / "direct" / "w0.25_d0.5" / "checkpoints", like)
+    # Layers the shape drops never change; the kept heads' query weights do, the dropped
+    # heads' do not.
+    kept = dj.SubNet(0.25, 0.5).kept_layers(model.config)
+    for i in range(model.config.num_hidden_layers):
+        a, b = params["encoder"][f"layer_{i}"], init["encoder"][f"layer_{i}"]
+        q, q0 = (np.asarray(x["query"]["kernel"]) for x in (a, b))
+        if i in kept:
+            assert not np.array_equal(q[:, :8], q0[:, :8])   # head 0 of 4 (head size 8)
+            np.testing.assert_array_equal(q[:, 8:], q0[:, 8:])
+        else:
+            jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    # At full size, direct fine-tuning is the teacher's recipe: the same parameters.
+    full, _ = ckpt.load_params(run / "direct" / "w1_d1" / "checkpoints", like)
+    teacher, _ = ckpt.load_params(run / "teacher" / "checkpoints", like)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, full, teacher)
+
+
+def test_no_rewire_equals_the_chain_with_rewiring_disabled(run_with_baselines, tmp_path):
+    config, run = run_with_baselines
+    _, like = _like(config)
+    c = config.copy_and_resolve_references()
+    c.rewire.enabled = False
+    c.baselines = ()
+    c.teacher_checkpoint = ""
+    assert trainer.stages_to_run(c) == ("teacher", "width", "width_depth")
+    trainer.train_and_evaluate(c, tmp_path / "plain")
+    for stage in ("width", "width_depth"):
+        a, _ = ckpt.load_params(run / "no_rewire" / stage / "checkpoints", like)
+        b, _ = ckpt.load_params(tmp_path / "plain" / stage / "checkpoints", like)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    rewired, _ = ckpt.load_params(run / "width_depth" / "checkpoints", like)
+    plain, _ = ckpt.load_params(run / "no_rewire" / "width_depth" / "checkpoints", like)
+    assert not np.array_equal(rewired["encoder"]["layer_0"]["query"]["kernel"],
+                              plain["encoder"]["layer_0"]["query"]["kernel"])
+    assert len(json.loads((run / "no_rewire" / "grid.json").read_text())["subnets"]) == 12
+
+
+def test_run_records_data_sizes_and_stage_times(run_with_baselines):
+    _, run = run_with_baselines
+    sizes = json.loads((run / "data.json").read_text())
+    assert sizes["train"] == {"used": 64, "available": 67349}
+    assert sizes["dev"] == {"used": 32, "available": 872}
+    stages = [json.loads(x)["stage"] for x in (run / "stages.jsonl").read_text().splitlines()]
+    assert stages == ["teacher", "rewire", "width", "width_depth", "direct", "no_rewire"]
+
+
+def test_collect_and_render(run_with_baselines, tmp_path):
+    _, run = run_with_baselines
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "sst2").symlink_to(run)
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "results.md").write_text("# Results\n\nhand-written intro\n\n" + results.BEGIN
+                                    + "\nold\n" + results.END + "\n\nhand-written end\n")
+    assert results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    rec = json.loads((out / "results" / "sst2.json").read_text())
+    assert set(rec["baselines"]) == {"dynabert_w", "direct", "no_rewire", "no_rewire_w"}
+    assert rec["setup"]["stages"]["direct"] == {"steps": 2, "batch_size": 8,
+                                                "learning_rate": 2e-5, "num_epochs": 3.0,
+                                                "max_steps": 2, "shapes": 12}
+    assert rec["setup"]["data"]["train"]["used"] == 64
+    t = rec["targets"]
+    cells = {(c["width"], c["depth"]): c["metric"] for c in rec["subnets"]}
+    direct = {(c["width"], c["depth"]): c["metric"] for c in rec["baselines"]["direct"]["subnets"]}
+    assert t["full_minus_teacher"] == round((cells[1.0, 1.0] - rec["teacher"]["metric"]) * 100, 2)
+    assert t["cells_compared"] == 12
+    assert t["cells_at_or_above_direct"] == sum(cells[k] >= direct[k] for k in cells)
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Results\n\nhand-written intro") and md.endswith("hand-written end\n")
+    assert "old" not in md and md.count("| 0.25 | 0.5 |") == 1
+    assert "paper (BERT-base)" in md and "92.0" in md   # Table 1's SST-2 (0.25, 0.5)
+    assert (out / "results" / "sst2.png").stat().st_size > 1000
+    # The results file is a grid.json: select reads it.
+    sel = dj.select.select(rec, max_flops=rec["subnets"][-1]["flops"])
+    assert (sel.best.width, sel.best.depth) == (0.25, 0.5)
+
+
+def test_results_cli_errors(tmp_path, capsys):
+    assert results.main(["--runs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no run folders" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    assert results.main(["--runs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no DynaBERT grid" in capsys.readouterr().err
+
+
+def test_targets_on_a_hand_made_record():
+    def grid(vals):
+        return {"subnets": [{"width": w, "depth": d, "metric": v} for (w, d), v in vals.items()]}
+    rec = grid({(1.0, 1.0): 0.90, (0.25, 0.5): 0.86})
+    rec["teacher"] = {"metric": 0.904}
+    rec["baselines"] = {"direct": grid({(1.0, 1.0): 0.91, (0.25, 0.5): 0.80})}
+    t = results.targets(rec)
+    assert t["full_minus_teacher"] == -0.4 and t["full_within_0.5_of_teacher"]
+    assert t["smallest_minus_teacher"] == -4.4 and not t["smallest_within_3_of_teacher"]
+    assert t["minus_direct"] == {"1,1": -1.0, "0.25,0.5": 6.0}
+    assert t["cells_at_or_above_direct"] == 1
+
+
+def test_results_config():
+    from configs import results as rc
+
+    c = rc.get_config("task=rte")
+    assert c.data.max_seq_length == 128 and c.data.train_size == 2000
+    assert c.baselines == ("direct", "no_rewire") and c.direct.learning_rate == 1e-4
+    full = rc.get_config("task=mnli,size=full")
+    assert full.data.train_size == 0 and full.teacher.learning_rate == 2e-5
+    with pytest.raises(ValueError, match="size=cpu has settings"):
+        rc.get_config("task=mnli")
+    with pytest.raises(ValueError, match="bad config argument"):
+        rc.get_config("tsak=rte")
+    c = rc.get_config("task=sst2")
+    c.baselines = ("direkt",)
+    with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['direkt'\]"):
+        trainer.stages_to_run(c)
