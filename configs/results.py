@@ -12,7 +12,8 @@ directly from the pre-trained weights (``direct``) and DynaBERT without rewiring
 random subset of ``train_size`` training examples (seed 42), one epoch per stage, batch
 32, learning rate 1e-4 (more steps would allow the official 2e-5), each stage evaluated
 once at its end (so its last parameters are its output), and a sequence length per task
-that truncates no dev example of SST-2, CoLA or MRPC (STS-B: 0.3%, RTE: 12%, as at 128).
+that truncates no dev example of SST-2, CoLA or MRPC (STS-B: 1 of 1,500; RTE: 12%, as
+at 128).
 ``size=full`` is the official recipe on the full training set (3 epochs, lr 2e-5,
 seq 128, dev every 50 steps): a GPU job. Every dev set is used whole.
 
