@@ -206,6 +206,8 @@ def attach_latency(record: dict, latency: Mapping, batch_sizes: Sequence[int],
     for bs in batch_sizes:
         table, desc = select_lib.latency_table(latency, record, batch_size=bs, model=model)
         out[str(bs)] = {"source": desc, "seq_len": table.get("seq_len"),
+                        "model": table.get("model"), "dtype": table.get("dtype"),
+                        "device": latency.get("device"),
                         "ms": {f"{r['width']:g},{r['depth']:g}": r["jax_ms"]
                                for r in table["rows"]}}
     record["latency"] = out
@@ -263,14 +265,15 @@ def task_markdown(record: Mapping, image: Optional[str] = None) -> str:
     lines = [f"### {name} (dev {metric})", ""]
     data = setup.get("data", {})
     train = data.get("train", {})
-    dev = {k: v.get("used") for k, v in data.items() if k != "train"}
+    dev = ", ".join(f"{v.get('used'):,}" if k == "dev" else f"{k} {v.get('used'):,}"
+                    for k, v in data.items() if k != "train")
     used = (f"{train['used']:,} of {train['available']:,} training examples"
             if train.get("available") else f"train_size {setup.get('train_size')}")
     st = setup.get("stages", {})
     steps = ", ".join(f"{k} {v['steps']}" for k, v in st.items())
     lr = sorted({v["learning_rate"] for v in st.values() if v.get("learning_rate")})
-    lines.append(f"- Data: {used} (seed {setup.get('seed')}), dev "
-                 f"{', '.join(f'{k} {v:,}' for k, v in dev.items())} (whole); seq "
+    lines.append(f"- Data: {used} (seed {setup.get('seed')}); dev: {dev or '?'} examples "
+                 f"(whole); seq "
                  f"{setup.get('max_seq_length')}; batch "
                  f"{next(iter(st.values()), {}).get('batch_size')}; learning rate "
                  f"{', '.join(f'{x:g}' for x in lr)}.")
@@ -315,9 +318,13 @@ def task_markdown(record: Mapping, image: Optional[str] = None) -> str:
             row.append("-" if p is None else f"{p}")
         lines.append("| " + " | ".join(row) + " |")
     if lat_cols:
+        first = lat[lat_cols[0]]
         lines.append("")
-        lines.append("Latency: " + "; ".join(
-            f"batch {b}: {lat[b]['source']}" for b in lat_cols) + ".")
+        lines.append(f"Latency: milliseconds per batch of our extracted sub-network "
+                     f"({first.get('model')}, {first.get('dtype')}, seq "
+                     f"{first.get('seq_len')}), measured by bench/latency.py on "
+                     f"{first.get('device')}; the GFLOPs are per sequence of "
+                     f"{record.get('seq_len')} tokens.")
     if image:
         lines += ["", f"![{name}: dev {metric} vs FLOPs]({image})"]
     return "\n".join(lines)
