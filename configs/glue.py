@@ -12,14 +12,7 @@ _KEYS = {"task": str, "stage": str, "pretrained": str, "train_size": int, "seq":
 
 
 def parse(arg: str) -> dict:
-    out = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _KEYS:
-            raise ValueError(f"bad config argument {item!r}: use key=value with keys "
-                             f"{sorted(_KEYS)}")
-        out[key] = _KEYS[key](value)
-    return out
+    return default.parse_arg(arg, _KEYS)
 
 
 def get_config(arg: str = ""):
