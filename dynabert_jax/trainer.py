@@ -210,20 +210,20 @@ class Context:
         tok_path = config.model.tokenizer or pretrained
         tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
         seq = config.data.max_seq_length
-        squad_dev = None
+        squad_dev, sizes = None, {}   # sizes: examples used (and available) per split
         if config.task == "squad":
             task = SquadTask()
             train, squad_dev = (_squad_split(config, tokenizer, which)
                                 for which in ("train", "dev"))
             train = train[1].arrays
             dev = {"dev": squad_dev[1].arrays}
+            sizes = {"train": {"used": data.num_examples(train)},
+                     "dev": {"used": data.num_examples(dev["dev"])}}
         else:
             task = data.get_task(config.task)
             data_dir = resolve_data_dir(config)
             cache = config.data.cache_dir or str(
                 pathlib.Path("~/.cache/dynabert_jax/tokenized").expanduser())
-
-            sizes = {}
 
             def arrays(split, size):
                 full = data.load_glue(task.name, data_dir, split=split)
@@ -242,9 +242,6 @@ class Context:
         log.info("task %s: %d train, %s dev examples; mesh of %d %s device(s)", task.name,
                  data.num_examples(train), {k: data.num_examples(v) for k, v in dev.items()},
                  mesh.size, jax.devices()[0].platform)
-        if task.name == "squad":
-            sizes = {"train": {"used": data.num_examples(train)},
-                     "dev": {"used": data.num_examples(dev["dev"])}}
         return cls(config, workdir, task, tokenizer, DynaBertModel(model_config, dtype),
                    pretrained, train, dev, mesh, squad_dev, sizes=sizes)
 
