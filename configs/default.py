@@ -58,6 +58,12 @@ def get_config():
     c.data.max_seq_length = 128
     c.data.train_size = 0     # > 0: a fixed random subset of the training set
     c.data.dev_size = 0       # > 0: a fixed random subset of the dev set
+    # Speed options for training batches (off = official: every batch max_seq_length).
+    # pad_to_multiple_of > 0: cut each batch to the smallest multiple of it that holds
+    # its longest example. group_by_length: put examples of similar length in the same
+    # batch (needs pad_to_multiple_of). See docs/training.md.
+    c.data.pad_to_multiple_of = 0
+    c.data.group_by_length = False
     # SQuAD v1.1 (task=squad): JSON files; sizes above count questions. The dev file
     # defaults to $DYNABERT_DATA/squad/v1.1/dev-v1.1.json or ../shared/data/squad/...
     c.data.squad_train = ""

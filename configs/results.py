@@ -17,7 +17,14 @@ at 128).
 ``size=full`` is the official recipe on the full training set (3 epochs, lr 2e-5,
 seq 128, dev every 50 steps): a GPU job. Every dev set is used whole.
 
-Keys: task, size (cpu | full), train_size, seq, stage. Anything else: ``--config.x=y``.
+Keys: task, size (cpu | full), train_size, seq, stage, and
+  epochs: epochs of every training stage (teacher, direct, width, width_depth);
+  group=1: train on length-grouped batches cut to a multiple of 16 tokens
+    (``data.group_by_length``, ``data.pad_to_multiple_of=16``): 2-4x faster on
+    short-sentence tasks on CPU; a deviation from the official code, see
+    docs/training.md;
+  baselines: ``direct+no_rewire`` (default), ``direct``, ``no_rewire`` or ``none``.
+Anything else: ``--config.x=y``.
 """
 from configs import default
 
@@ -26,7 +33,8 @@ from configs import default
 CPU_SEQ = {"sst2": 64, "cola": 40, "stsb": 80, "mrpc": 96, "rte": 128}
 CPU_TRAIN_SIZE = 2000
 
-_KEYS = {"task": str, "size": str, "train_size": int, "seq": int, "stage": str}
+_KEYS = {"task": str, "size": str, "train_size": int, "seq": int, "stage": str,
+         "epochs": float, "group": int, "baselines": str}
 
 
 def parse(arg: str) -> dict:
@@ -56,4 +64,13 @@ def get_config(arg: str = ""):
         c.report_memory = False   # saves compiling a second step per stage
     c.data.max_seq_length = a.get("seq", c.data.max_seq_length)
     c.data.train_size = a.get("train_size", c.data.train_size)
+    if "epochs" in a:
+        for s in (c.teacher, c.direct, c.width, c.width_depth):
+            s.num_epochs = a["epochs"]
+    if a.get("group", 0):
+        c.data.pad_to_multiple_of = 16
+        c.data.group_by_length = True
+    if "baselines" in a:
+        names = () if a["baselines"] == "none" else tuple(a["baselines"].split("+"))
+        c.baselines = names   # checked against trainer.BASELINES when the run starts
     return c

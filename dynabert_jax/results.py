@@ -147,6 +147,8 @@ def collect_run(workdir) -> dict:
         "dtype": config.get("model", {}).get("dtype"),
         "max_seq_length": config.get("data", {}).get("max_seq_length"),
         "train_size": config.get("data", {}).get("train_size"),
+        "pad_to_multiple_of": config.get("data", {}).get("pad_to_multiple_of", 0),
+        "group_by_length": config.get("data", {}).get("group_by_length", False),
         "data": data_sizes,
         "stages": stages,
         "wall_seconds": wall,
@@ -264,9 +266,13 @@ def task_markdown(record: Mapping, image: Optional[str] = None) -> str:
     st = setup.get("stages", {})
     steps = ", ".join(f"{k} {v['steps']}" for k, v in st.items())
     lr = sorted({v["learning_rate"] for v in st.values() if v.get("learning_rate")})
+    trim = setup.get("pad_to_multiple_of") or 0
+    batches = ("" if not trim else
+               f" (training batches {'grouped by length and ' if setup.get('group_by_length') else ''}"
+               f"cut to a multiple of {trim} tokens)")
     lines.append(f"- Data: {used} (seed {setup.get('seed')}); dev: {dev or '?'} examples "
                  f"(whole); seq "
-                 f"{setup.get('max_seq_length')}; batch "
+                 f"{setup.get('max_seq_length')}{batches}; batch "
                  f"{next(iter(st.values()), {}).get('batch_size')}; learning rate "
                  f"{', '.join(f'{x:g}' for x in lr)}.")
     if steps:

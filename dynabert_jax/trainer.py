@@ -362,22 +362,27 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                  store.directory / "latest")
 
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
-    example = sharding.shard_batch({k: ctx.train[k][:bs] for k in batch_keys}, mesh)
+    example = {k: ctx.train[k][:bs] for k in batch_keys}
     batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), STAGES.index(stage))
+    seq = example["input_ids"].shape[1]
 
-    def compile_step(step_students):
+    def compile_step(step_students, length=seq):
         step_fn = jax.jit(steps.make_train_step(ctx.model, step_students, spec, tx),
                           in_shardings=(state_sh, teacher_sh, batch_sh, repl),
                           out_shardings=(state_sh, repl), donate_argnums=0)
-        return step_fn.lower(state, teacher_params, example, rng).compile()
+        ex = sharding.shard_batch({k: v[:, :length] if v.ndim >= 2 else v
+                                   for k, v in example.items()}, mesh)
+        return step_fn.lower(state, teacher_params, ex, rng).compile()
 
+    # One compiled step per batch length: just ``seq`` unless batches are trimmed
+    # (config.data.pad_to_multiple_of), then one per length met, compiled on first use.
     t0 = time.perf_counter()
-    compiled = compile_step(students)
+    compiled = {seq: compile_step(students)}
     compile_s = time.perf_counter() - t0
-    memory = {"step": steps.memory_stats(compiled), "compile_seconds": round(compile_s, 2),
-              "num_students": len(students), "batch_size": bs,
-              "seq_len": config.data.max_seq_length}
+    memory = {"step": steps.memory_stats(compiled[seq]),
+              "compile_seconds": round(compile_s, 2),
+              "num_students": len(students), "batch_size": bs, "seq_len": seq}
     if len(students) > 1 and config.report_memory:
         memory["single_student_step"] = steps.memory_stats(compile_step((FULL,)))
         if memory["step"] and memory["single_student_step"]:
@@ -388,18 +393,35 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
              len(students), compile_s, {k: v for k, v in memory.items() if k != "step"})
 
     evaluator = Evaluator(ctx, config.eval_batch_size)
+    multiple = int(config.data.get("pad_to_multiple_of", 0))
+    lengths = (data.row_lengths(ctx.train["attention_mask"])
+               if config.data.get("group_by_length", False) else None)
     stream = data.train_stream(ctx.train, bs, config.seed, start_global_step=start,
-                               num_steps=total - start, keys=batch_keys)
+                               num_steps=total - start, keys=batch_keys, lengths=lengths)
+
+    def host_batch(b):   # on the prefetch thread: trim (global batch), then this process's rows
+        b = data.trim_padding(b, multiple) if multiple > 0 else b
+        return data.process_slice(b) if jax.process_count() > 1 else b
+
+    def step_for(length):
+        if length not in compiled:
+            t = time.perf_counter()
+            compiled[length] = compile_step(students, length)
+            log.info("%s: compiled the step for batches of %d tokens in %.1f s", stage,
+                     length, time.perf_counter() - t)
+        return compiled[length]
+
     names = [s.name for s in students]
     bar = tqdm(total=total, initial=start, desc=stage, dynamic_ncols=True,
                disable=not config.progress)
     t_last, n_last = time.perf_counter(), 0
     try:
-        with data.prefetch(stream, transform=lambda b: data.process_slice(b)
-                           if jax.process_count() > 1 else b) as batches:
+        with data.prefetch(stream, transform=host_batch) as batches:
             for step in range(start, total):
-                batch = sharding.shard_batch(next(batches), mesh)
-                state, m = compiled(state, teacher_params, batch, rng)
+                batch = next(batches)
+                length = batch["input_ids"].shape[1]
+                batch = sharding.shard_batch(batch, mesh)
+                state, m = step_for(length)(state, teacher_params, batch, rng)
                 m = jax.device_get(m)
                 losses = np.asarray(m["losses"])
                 if not np.all(np.isfinite(losses)):
@@ -422,7 +444,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                                  losses=dict(zip(names, map(float, losses))),
                                  grad_norm=float(m["grad_norm"]),
                                  learning_rate=float(schedule(step)),
-                                 examples_per_second=eps)
+                                 examples_per_second=eps, seq_len=length)
                     t_last, n_last = time.perf_counter(), 0
                 if done % eval_every == 0 or done == total:
                     results = evaluator(state.params, students, progress=config.progress)
@@ -637,7 +659,18 @@ _STAGE_FNS = {"teacher": stage_teacher, "rewire": stage_rewire, "width": stage_w
               "direct": stage_direct, "no_rewire": stage_no_rewire}
 
 
+def _check_data_options(config) -> None:
+    multiple = config.data.get("pad_to_multiple_of", 0)
+    if not isinstance(multiple, int) or multiple < 0:
+        raise ValueError(f"config.data.pad_to_multiple_of must be an int >= 0 (0: pad every "
+                         f"batch to max_seq_length), got {multiple!r}")
+    if config.data.get("group_by_length", False) and multiple == 0:
+        raise ValueError("config.data.group_by_length needs config.data.pad_to_multiple_of "
+                         "> 0: grouped batches are only faster when they are trimmed")
+
+
 def stages_to_run(config) -> Tuple[str, ...]:
+    _check_data_options(config)
     baselines = tuple(config.get("baselines", ()))
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:

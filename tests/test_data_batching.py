@@ -141,3 +141,69 @@ def test_prefetch_same_items_bounded_and_errors():
         assert next(it) == 1
         with pytest.raises(RuntimeError, match="bad batch"):
             next(it)
+
+
+def _ragged(n, seq=16, seed=0):
+    """Rows of random real lengths 1..seq, right-padded (attention_mask 1 then 0)."""
+    a = _arrays(n, seq)
+    lengths = np.random.default_rng(seed).integers(1, seq + 1, size=n)
+    a["attention_mask"] = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
+    a["input_ids"] = a["input_ids"] * a["attention_mask"]
+    return a, lengths
+
+
+def test_row_lengths_padded_length_and_trim():
+    a, lengths = _ragged(40)
+    np.testing.assert_array_equal(data.row_lengths(a["attention_mask"]), lengths)
+    assert data.row_lengths(np.array([[0, 0, 0], [1, 0, 1]])).tolist() == [0, 3]
+    assert [data.padded_length(n, 8, 20) for n in (0, 1, 8, 9, 17)] == [8, 8, 8, 16, 20]
+    assert data.padded_length(3, 8, 5) == 5
+    with pytest.raises(ValueError, match="positive"):
+        data.padded_length(3, 0, 16)
+
+    batch = {k: v[:6] for k, v in a.items()}
+    longest = int(lengths[:6].max())
+    cut = data.trim_padding(batch, 4)
+    width = -(-longest // 4) * 4
+    assert cut["input_ids"].shape == (6, width) and cut["attention_mask"].shape == (6, width)
+    # only padding is removed; 1-D arrays are kept
+    assert cut["attention_mask"].sum() == batch["attention_mask"].sum()
+    np.testing.assert_array_equal(cut["input_ids"], batch["input_ids"][:, :width])
+    np.testing.assert_array_equal(cut["labels"], batch["labels"])
+    full = {k: v[:2] for k, v in _arrays(2, 16).items()}   # no padding: unchanged
+    assert data.trim_padding(full, 4) is full
+
+
+def test_group_by_length_keeps_rows_groups_lengths_and_resumes():
+    a, lengths = _ragged(203, seq=64, seed=1)
+    plain = _rows(data.train_batches(a, 8, seed=5, epoch=0))
+    grouped = _rows(data.train_batches(a, 8, seed=5, epoch=0, lengths=lengths,
+                                       group_batches=10))
+    # the same rows as without grouping (the same remainder dropped), in other batches
+    assert sorted(sum(grouped, [])) == sorted(sum(plain, []))
+    assert grouped != plain and len(grouped) == len(plain) == 25
+    assert grouped == _rows(data.train_batches(a, 8, seed=5, epoch=0, lengths=lengths,
+                                               group_batches=10))
+    assert grouped != _rows(data.train_batches(a, 8, seed=5, epoch=1, lengths=lengths,
+                                               group_batches=10))
+
+    def padded_tokens(batches):
+        return sum(data.padded_length(lengths[b].max(), 8, 64) * len(b) for b in batches)
+    assert padded_tokens(grouped) < 0.8 * padded_tokens(plain)
+    # one group holding the whole epoch: rows sorted by length, so no two batches'
+    # length ranges overlap
+    one = _rows(data.train_batches(a, 8, seed=5, epoch=0, lengths=lengths,
+                                   group_batches=1000))
+    spans = sorted((lengths[b].min(), lengths[b].max()) for b in one)
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+
+    # resume: a stream started at any global step continues the uninterrupted one
+    spe = data.steps_per_epoch(203, 8)
+    stream = _rows(data.train_stream(a, 8, seed=5, num_steps=2 * spe, lengths=lengths))
+    for g in (0, 7, spe, spe + 3):
+        assert _rows(data.train_stream(a, 8, seed=5, start_global_step=g,
+                                       num_steps=2 * spe - g, lengths=lengths)) == stream[g:]
+    with pytest.raises(ValueError, match="drop_remainder"):
+        next(data.train_batches(a, 8, 0, 0, drop_remainder=False, lengths=lengths))
+    with pytest.raises(ValueError, match="lengths has shape"):
+        next(data.train_batches(a, 8, 0, 0, lengths=lengths[:5]))

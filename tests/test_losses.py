@@ -189,3 +189,32 @@ def test_stage2_step_memory_within_2x_of_one_student():
                      jax.random.PRNGKey(0)).compile().memory_analysis()
         peaks[name] = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
     assert peaks["grid"] <= 2 * peaks["one"], peaks
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_trimmed_batch_gives_the_same_step_when_padding_is_masked(mask_padding):
+    """`data.trim_padding` (config.data.pad_to_multiple_of) only removes padding: with
+    the hidden MSE over real tokens the train step is the same; the official unmasked
+    MSE also averages over padded positions, so there it differs."""
+    from dynabert_jax import data
+
+    model, student = _tiny()
+    _, teacher = _tiny(seed=2)
+    batch = _batch()
+    batch["attention_mask"][:, 7:] = 0      # every row ends by position 7
+    batch["input_ids"][batch["attention_mask"] == 0] = 0
+    cut = data.trim_padding(batch, 4)
+    assert cut["input_ids"].shape == (4, 8)
+    tx, _ = steps.make_optimizer(1e-3, 10)
+    fn = jax.jit(steps.make_train_step(model, dj.grid((1.0, 0.5), (1.0, 0.5)),
+                                       steps.LossSpec("distill", 1.0, 1.0,
+                                                      mask_padding=mask_padding), tx))
+    key = jax.random.PRNGKey(0)
+    s_full, m_full = fn(steps.init_state(student, tx), teacher, batch, key)
+    s_cut, m_cut = fn(steps.init_state(student, tx), teacher, cut, key)
+    if mask_padding:
+        np.testing.assert_allclose(m_cut["losses"], m_full["losses"], rtol=1e-5)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                               s_cut.params, s_full.params)
+    else:
+        assert not np.allclose(m_cut["losses"], m_full["losses"], rtol=1e-3)

@@ -104,6 +104,7 @@ def test_collect_and_render(run_with_baselines, tmp_path):
                                                 "learning_rate": 2e-5, "num_epochs": 3.0,
                                                 "max_steps": 2, "shapes": 12}
     assert rec["setup"]["data"]["train"]["used"] == 64
+    assert rec["setup"]["pad_to_multiple_of"] == 0 and not rec["setup"]["group_by_length"]
     t = rec["targets"]
     cells = {(c["width"], c["depth"]): c["metric"] for c in rec["subnets"]}
     direct = {(c["width"], c["depth"]): c["metric"] for c in rec["baselines"]["direct"]["subnets"]}
@@ -154,6 +155,12 @@ def test_results_config():
         rc.get_config("task=mnli")
     with pytest.raises(ValueError, match="bad config argument"):
         rc.get_config("tsak=rte")
+    g = rc.get_config("task=cola,group=1,epochs=2,baselines=direct,train_size=0")
+    assert (g.data.pad_to_multiple_of, g.data.group_by_length) == (16, True)
+    assert g.teacher.num_epochs == g.width_depth.num_epochs == g.direct.num_epochs == 2.0
+    assert g.baselines == ("direct",) and g.data.train_size == 0
+    assert rc.get_config("task=rte,baselines=none").baselines == ()
+    assert rc.get_config("task=rte").data.pad_to_multiple_of == 0
     c = rc.get_config("task=sst2")
     c.baselines = ("direkt",)
     with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['direkt'\]"):

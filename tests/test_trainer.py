@@ -170,3 +170,23 @@ def test_demo_falls_back_to_shipped_slice_equal_to_the_full_data_subset(monkeypa
     c.task = "rte"   # no shipped slice for RTE: a clear error with the expected layout
     with pytest.raises(FileNotFoundError, match=r"<dir>/RTE/train.tsv"):
         trainer.resolve_data_dir(c)
+
+
+def test_trimmed_grouped_batches_train_and_bad_options_are_errors(tiny_bert_dir, tmp_path):
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher",
+                          **{"data.pad_to_multiple_of": 8, "data.group_by_length": True,
+                             "teacher.max_steps": 6})
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    logged = [json.loads(line) for line in
+              (tmp_path / "run" / "teacher" / "metrics.jsonl").read_text().splitlines()]
+    lens = [r["seq_len"] for r in logged if "seq_len" in r]
+    assert len(lens) == 6 and all(n % 8 == 0 and n <= 32 for n in lens)
+    assert min(lens) < 32, lens     # SST-2 sentences are short: batches were trimmed
+    assert (tmp_path / "run" / "teacher" / "checkpoints" / "best").is_dir()
+
+    bad = tiny_train_config(tiny_bert_dir, tmp_path, **{"data.group_by_length": True})
+    with pytest.raises(ValueError, match="group_by_length needs"):
+        trainer.stages_to_run(bad)
+    bad = tiny_train_config(tiny_bert_dir, tmp_path, **{"data.pad_to_multiple_of": -8})
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be an int >= 0"):
+        trainer.stages_to_run(bad)

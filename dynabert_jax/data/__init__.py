@@ -16,12 +16,15 @@ from dynabert_jax.data.batching import (
     eval_batches,
     num_eval_batches,
     num_examples,
+    padded_length,
     prefetch,
     process_slice,
     resume_position,
+    row_lengths,
     steps_per_epoch,
     train_batches,
     train_stream,
+    trim_padding,
     unpad,
 )
 from dynabert_jax.data.features import (
@@ -55,7 +58,7 @@ __all__ = [
     "tokenize_dataset", "tokenize_texts", "tokenizer_fingerprint", "content_fingerprint",
     "train_batches", "train_stream", "eval_batches", "num_eval_batches", "unpad",
     "steps_per_epoch", "epoch_permutation", "resume_position", "num_examples",
-    "process_slice", "prefetch",
+    "process_slice", "prefetch", "row_lengths", "padded_length", "trim_padding",
     "squad", "SquadExample", "SquadFeatures", "load_squad", "squad_features",
     "squad_postprocess",
 ]

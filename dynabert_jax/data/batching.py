@@ -13,6 +13,13 @@ Guarantees:
   ``start_step`` sees exactly the batches an uninterrupted run would have seen.
 * **Static shapes.** Training drops the last partial batch by default; evaluation
   pads it to ``batch_size`` with copies of a real row that carry ``weight == 0``.
+* **Optional length grouping and dynamic padding** (a speed option, off by default;
+  the official code pads every batch to the maximum length): `train_batches` with
+  ``lengths`` sorts rows of similar length into the same batch (within random groups
+  of ``group_batches`` batches, then shuffles the batch order), and `trim_padding`
+  cuts a batch to a multiple of ``m`` tokens that holds its longest row, so a batch
+  of short sentences costs a short sequence. A few distinct lengths, so a few
+  compiled steps.
 * **Every eval example counts exactly once**: over `eval_batches`, ``weight`` sums
   to n and the rows with ``weight == 1``, in order, are the dataset rows 0..n-1.
 * **Global batches.** All processes build the same global batch (same seed);
@@ -59,13 +66,64 @@ def resume_position(global_step: int, steps_in_epoch: int) -> Tuple[int, int]:
     return divmod(int(global_step), steps_in_epoch)
 
 
+def row_lengths(attention_mask: np.ndarray) -> np.ndarray:
+    """Per row, one past the last non-zero position of ``attention_mask`` ``[n, seq]``
+    (the row's length under right padding; 0 for an all-zero row)."""
+    mask = np.asarray(attention_mask) != 0
+    seq = mask.shape[1]
+    last = seq - np.argmax(mask[:, ::-1], axis=1)
+    return np.where(mask.any(axis=1), last, 0).astype(np.int64)
+
+
+def padded_length(longest: int, multiple: int, max_length: int) -> int:
+    """The smallest multiple of `multiple` that holds `longest` tokens, at most
+    `max_length` (and at least `multiple`, or `max_length` if that is shorter)."""
+    if multiple <= 0:
+        raise ValueError(f"pad_to_multiple_of must be positive, got {multiple}")
+    return int(min(max_length, max(multiple, -(-int(longest) // multiple) * multiple)))
+
+
+def trim_padding(batch: Batch, multiple: int, mask_key: str = "attention_mask") -> Batch:
+    """Cut the sequence axis of a batch to `padded_length` of its longest row.
+
+    Every array whose second axis has the length of ``batch[mask_key]``'s is cut; all
+    other arrays (labels, weights) are kept. Only positions past every row's last real
+    token are removed, so a model whose real tokens do not attend to padding gives the
+    same outputs on them.
+    """
+    mask = batch[mask_key]
+    seq = mask.shape[1]
+    length = padded_length(row_lengths(mask).max(initial=0), multiple, seq)
+    if length == seq:
+        return batch
+    return {k: (v[:, :length] if v.ndim >= 2 and v.shape[1] == seq else v)
+            for k, v in batch.items()}
+
+
+def _grouped_order(order: np.ndarray, lengths: np.ndarray, batch_size: int,
+                   group_batches: int, rng: np.random.Generator) -> np.ndarray:
+    """Reorder `order` (whole batches only) so that each batch holds rows of similar
+    length: sort each consecutive group of ``group_batches`` batches by length
+    (longest first, stable), then shuffle the order of the batches."""
+    steps = len(order) // batch_size
+    chunk = max(1, int(group_batches)) * batch_size
+    parts = []
+    for lo in range(0, len(order), chunk):
+        rows = order[lo:lo + chunk]
+        parts.append(rows[np.argsort(-lengths[rows], kind="stable")])
+    batches = np.concatenate(parts).reshape(steps, batch_size)
+    return batches[rng.permutation(steps)].reshape(-1)
+
+
 def _take(arrays: Dict[str, np.ndarray], idx: np.ndarray, keys: Optional[Sequence[str]]) -> Batch:
     return {k: arrays[k][idx] for k in (keys or arrays)}
 
 
 def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epoch: int,
                   start_step: int = 0, drop_remainder: bool = True, shuffle: bool = True,
-                  keys: Optional[Sequence[str]] = None) -> Iterator[Batch]:
+                  keys: Optional[Sequence[str]] = None,
+                  lengths: Optional[np.ndarray] = None,
+                  group_batches: int = 50) -> Iterator[Batch]:
     """Yield the training batches of one epoch, from batch `start_step` on.
 
     Args:
@@ -77,6 +135,12 @@ def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epo
         last batch is smaller.
       shuffle: False keeps file order (for debugging).
       keys: subset of keys to put in the batches (default all).
+      lengths: ``[n]`` row lengths (`row_lengths`): group rows of similar length
+        into the same batch. The epoch keeps the same rows as without grouping (the
+        same ``n % B`` are dropped); only their split into batches changes. Needs
+        ``drop_remainder``.
+      group_batches: rows are sorted by length within random groups of this many
+        batches (Hugging Face's ``group_by_length`` uses 50).
     Yields:
       dicts of ``[B, ...]`` arrays.
     """
@@ -87,25 +151,36 @@ def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epo
     if not 0 <= start_step <= steps:
         raise ValueError(f"start_step {start_step} outside [0, {steps}]")
     order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
+    if lengths is not None:
+        if not drop_remainder:
+            raise ValueError("grouping by length needs drop_remainder=True")
+        lengths = np.asarray(lengths)
+        if lengths.shape != (n,):
+            raise ValueError(f"lengths has shape {lengths.shape}, want ({n},)")
+        order = _grouped_order(order[:steps * batch_size], lengths, batch_size,
+                               group_batches, np.random.default_rng([int(seed), int(epoch), 1]))
     for s in range(start_step, steps):
         yield _take(arrays, order[s * batch_size:(s + 1) * batch_size], keys)
 
 
 def train_stream(arrays: Dict[str, np.ndarray], batch_size: int, seed: int,
                  start_global_step: int = 0, num_steps: Optional[int] = None,
-                 keys: Optional[Sequence[str]] = None) -> Iterator[Batch]:
+                 keys: Optional[Sequence[str]] = None,
+                 lengths: Optional[np.ndarray] = None) -> Iterator[Batch]:
     """Batches over consecutive epochs, starting after `start_global_step` steps.
 
     Equivalent to concatenating ``train_batches(..., epoch=e)`` for e = 0, 1, ...
     and skipping the first `start_global_step` batches (without computing them).
-    Stops after `num_steps` batches (None: never).
+    Stops after `num_steps` batches (None: never). ``lengths``: group by length
+    (see `train_batches`).
     """
     n = num_examples(arrays)
     spe = steps_per_epoch(n, batch_size)
     epoch, step = resume_position(start_global_step, spe)
     done = 0
     while num_steps is None or done < num_steps:
-        for batch in train_batches(arrays, batch_size, seed, epoch, start_step=step, keys=keys):
+        for batch in train_batches(arrays, batch_size, seed, epoch, start_step=step, keys=keys,
+                                   lengths=lengths):
             if num_steps is not None and done >= num_steps:
                 return
             yield batch
