@@ -23,7 +23,8 @@ Keys: task, size (cpu | full), train_size, seq, stage, and
     (``data.group_by_length``, ``data.pad_to_multiple_of=16``): 2-4x faster on
     short-sentence tasks on CPU; a deviation from the official code, see
     docs/training.md;
-  baselines: ``direct+no_rewire`` (default), ``direct``, ``no_rewire`` or ``none``.
+  baselines: ``direct+no_rewire`` (default), ``direct``, ``no_rewire`` or ``none``;
+  final=1: also run stage 3, final fine-tuning on the labels (1 epoch at size=cpu).
 Anything else: ``--config.x=y``.
 """
 from configs import default
@@ -34,7 +35,7 @@ CPU_SEQ = {"sst2": 64, "cola": 40, "stsb": 80, "mrpc": 96, "rte": 128}
 CPU_TRAIN_SIZE = 2000
 
 _KEYS = {"task": str, "size": str, "train_size": int, "seq": int, "stage": str,
-         "epochs": float, "group": int, "baselines": str}
+         "epochs": float, "group": int, "baselines": str, "final": int}
 
 
 def parse(arg: str) -> dict:
@@ -60,6 +61,8 @@ def get_config(arg: str = ""):
             s.num_epochs = 1.0
             s.learning_rate = 1e-4
             s.eval_every = 0
+        c.final.num_epochs = 1.0   # stage 3 keeps the official 2e-5: it starts trained
+        c.final.eval_every = 0
         c.log_every = 5
         c.report_memory = False   # saves compiling a second step per stage
     c.data.max_seq_length = a.get("seq", c.data.max_seq_length)
@@ -70,6 +73,7 @@ def get_config(arg: str = ""):
     if a.get("group", 0):
         c.data.pad_to_multiple_of = 16
         c.data.group_by_length = True
+    c.final.enabled = bool(a.get("final", 0))
     if "baselines" in a:
         names = () if a["baselines"] == "none" else tuple(a["baselines"].split("+"))
         c.baselines = names   # checked against trainer.BASELINES when the run starts

@@ -161,6 +161,9 @@ def test_results_config():
     assert g.baselines == ("direct",) and g.data.train_size == 0
     assert rc.get_config("task=rte,baselines=none").baselines == ()
     assert rc.get_config("task=rte").data.pad_to_multiple_of == 0
+    f = rc.get_config("task=stsb,final=1")
+    assert f.final.enabled and f.final.num_epochs == 1.0 and f.final.learning_rate == 2e-5
+    assert "final" in trainer.stages_to_run(f) and not rc.get_config("task=rte").final.enabled
     c = rc.get_config("task=sst2")
     c.baselines = ("direkt",)
     with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['direkt'\]"):
