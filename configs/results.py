@@ -19,6 +19,8 @@ seq 128, dev every 50 steps): a GPU job. Every dev set is used whole.
 
 Keys: task, size (cpu | full), train_size, seq, stage, and
   epochs: epochs of every training stage (teacher, direct, width, width_depth);
+  teacher_epochs: epochs of the teacher and of each direct shape (the same recipe),
+    after ``epochs``;
   group=1: train on length-grouped batches cut to a multiple of 16 tokens
     (``data.group_by_length``, ``data.pad_to_multiple_of=16``): 2-4x faster on
     short-sentence tasks on CPU; a deviation from the official code, see
@@ -35,7 +37,8 @@ CPU_SEQ = {"sst2": 64, "cola": 40, "stsb": 80, "mrpc": 96, "rte": 128}
 CPU_TRAIN_SIZE = 2000
 
 _KEYS = {"task": str, "size": str, "train_size": int, "seq": int, "stage": str,
-         "epochs": float, "group": int, "baselines": str, "final": int}
+         "epochs": float, "group": int, "baselines": str, "final": int,
+         "teacher_epochs": float}
 
 
 def parse(arg: str) -> dict:
@@ -70,6 +73,8 @@ def get_config(arg: str = ""):
     if "epochs" in a:
         for s in (c.teacher, c.direct, c.width, c.width_depth):
             s.num_epochs = a["epochs"]
+    if "teacher_epochs" in a:
+        c.teacher.num_epochs = c.direct.num_epochs = a["teacher_epochs"]
     if a.get("group", 0):
         c.data.pad_to_multiple_of = 16
         c.data.group_by_length = True

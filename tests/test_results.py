@@ -160,6 +160,8 @@ def test_results_config():
     assert g.teacher.num_epochs == g.width_depth.num_epochs == g.direct.num_epochs == 2.0
     assert g.baselines == ("direct",) and g.data.train_size == 0
     assert rc.get_config("task=rte,baselines=none").baselines == ()
+    t = rc.get_config("task=cola,teacher_epochs=3")
+    assert t.teacher.num_epochs == t.direct.num_epochs == 3.0 and t.width.num_epochs == 1.0
     assert rc.get_config("task=rte").data.pad_to_multiple_of == 0
     f = rc.get_config("task=stsb,final=1")
     assert f.final.enabled and f.final.num_epochs == 1.0 and f.final.learning_rate == 2e-5
