@@ -22,8 +22,8 @@ Keys: task, size (cpu | full), train_size, seq, stage, and
   teacher_epochs: epochs of the teacher and of each direct shape (the same recipe),
     after ``epochs``;
   group=1: train on length-grouped batches cut to a multiple of 16 tokens
-    (``data.group_by_length``, ``data.pad_to_multiple_of=16``): 2-4x faster on
-    short-sentence tasks on CPU; a deviation from the official code, see
+    (``data.group_by_length``, ``data.pad_to_multiple_of=16``): 1.6-2.9x fewer
+    tokens per epoch on GLUE; a deviation from the official code, see
     docs/training.md;
   baselines: ``direct+no_rewire`` (default), ``direct``, ``no_rewire`` or ``none``;
   final=1: also run stage 3, final fine-tuning on the labels (1 epoch at size=cpu).

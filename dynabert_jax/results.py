@@ -267,9 +267,8 @@ def task_markdown(record: Mapping, image: Optional[str] = None) -> str:
     steps = ", ".join(f"{k} {v['steps']}" for k, v in st.items())
     lr = sorted({v["learning_rate"] for v in st.values() if v.get("learning_rate")})
     trim = setup.get("pad_to_multiple_of") or 0
-    batches = ("" if not trim else
-               f" (training batches {'grouped by length and ' if setup.get('group_by_length') else ''}"
-               f"cut to a multiple of {trim} tokens)")
+    grouped = "grouped by length and " if setup.get("group_by_length") else ""
+    batches = f" (training batches {grouped}cut to a multiple of {trim} tokens)" if trim else ""
     lines.append(f"- Data: {used} (seed {setup.get('seed')}); dev: {dev or '?'} examples "
                  f"(whole); seq "
                  f"{setup.get('max_seq_length')}{batches}; batch "

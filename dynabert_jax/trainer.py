@@ -371,8 +371,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         step_fn = jax.jit(steps.make_train_step(ctx.model, step_students, spec, tx),
                           in_shardings=(state_sh, teacher_sh, batch_sh, repl),
                           out_shardings=(state_sh, repl), donate_argnums=0)
-        ex = sharding.shard_batch({k: v[:, :length] if v.ndim >= 2 else v
-                                   for k, v in example.items()}, mesh)
+        ex = sharding.shard_batch(data.cut_sequence(example, length), mesh)
         return step_fn.lower(state, teacher_params, ex, rng).compile()
 
     # One compiled step per batch length: just ``seq`` unless batches are trimmed
@@ -393,9 +392,9 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
              len(students), compile_s, {k: v for k, v in memory.items() if k != "step"})
 
     evaluator = Evaluator(ctx, config.eval_batch_size)
-    multiple = int(config.data.get("pad_to_multiple_of", 0))
+    multiple = config.data.pad_to_multiple_of
     lengths = (data.row_lengths(ctx.train["attention_mask"])
-               if config.data.get("group_by_length", False) else None)
+               if config.data.group_by_length else None)
     stream = data.train_stream(ctx.train, bs, config.seed, start_global_step=start,
                                num_steps=total - start, keys=batch_keys, lengths=lengths)
 
@@ -660,11 +659,11 @@ _STAGE_FNS = {"teacher": stage_teacher, "rewire": stage_rewire, "width": stage_w
 
 
 def _check_data_options(config) -> None:
-    multiple = config.data.get("pad_to_multiple_of", 0)
+    multiple = config.data.pad_to_multiple_of
     if not isinstance(multiple, int) or multiple < 0:
         raise ValueError(f"config.data.pad_to_multiple_of must be an int >= 0 (0: pad every "
                          f"batch to max_seq_length), got {multiple!r}")
-    if config.data.get("group_by_length", False) and multiple == 0:
+    if config.data.group_by_length and multiple == 0:
         raise ValueError("config.data.group_by_length needs config.data.pad_to_multiple_of "
                          "> 0: grouped batches are only faster when they are trimmed")
 

@@ -12,6 +12,7 @@ Modules: `tasks` (registry), `glue` (file readers), `features` (tokenization and
 cache), `batching` (iterators, process slicing, prefetch), `squad` (SQuAD v1.1).
 """
 from dynabert_jax.data.batching import (
+    cut_sequence,
     epoch_permutation,
     eval_batches,
     num_eval_batches,
@@ -59,6 +60,7 @@ __all__ = [
     "train_batches", "train_stream", "eval_batches", "num_eval_batches", "unpad",
     "steps_per_epoch", "epoch_permutation", "resume_position", "num_examples",
     "process_slice", "prefetch", "row_lengths", "padded_length", "trim_padding",
+    "cut_sequence",
     "squad", "SquadExample", "SquadFeatures", "load_squad", "squad_features",
     "squad_postprocess",
 ]

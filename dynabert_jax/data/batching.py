@@ -83,21 +83,25 @@ def padded_length(longest: int, multiple: int, max_length: int) -> int:
     return int(min(max_length, max(multiple, -(-int(longest) // multiple) * multiple)))
 
 
-def trim_padding(batch: Batch, multiple: int, mask_key: str = "attention_mask") -> Batch:
-    """Cut the sequence axis of a batch to `padded_length` of its longest row.
-
-    Every array whose second axis has the length of ``batch[mask_key]``'s is cut; all
-    other arrays (labels, weights) are kept. Only positions past every row's last real
-    token are removed, so a model whose real tokens do not attend to padding gives the
-    same outputs on them.
-    """
-    mask = batch[mask_key]
-    seq = mask.shape[1]
-    length = padded_length(row_lengths(mask).max(initial=0), multiple, seq)
+def cut_sequence(batch: Batch, length: int, mask_key: str = "attention_mask") -> Batch:
+    """The first `length` positions of a batch: every array whose second axis has the
+    length of ``batch[mask_key]``'s is cut; all other arrays (labels, weights) are kept."""
+    seq = batch[mask_key].shape[1]
     if length == seq:
         return batch
     return {k: (v[:, :length] if v.ndim >= 2 and v.shape[1] == seq else v)
             for k, v in batch.items()}
+
+
+def trim_padding(batch: Batch, multiple: int, mask_key: str = "attention_mask") -> Batch:
+    """`cut_sequence` to `padded_length` of the batch's longest row.
+
+    Only positions past every row's last real token are removed, so a model whose real
+    tokens do not attend to padding gives the same outputs on them.
+    """
+    mask = batch[mask_key]
+    length = padded_length(row_lengths(mask).max(initial=0), multiple, mask.shape[1])
+    return cut_sequence(batch, length, mask_key)
 
 
 def _grouped_order(order: np.ndarray, lengths: np.ndarray, batch_size: int,
