@@ -82,14 +82,16 @@ def students_of(dj, stage: str):
 
 
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
-               warmup: int) -> dict:
+               warmup: int, unroll_threefry: bool = True) -> dict:
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
 
     import dynabert_jax as dj
-    from dynabert_jax import steps
+    from dynabert_jax import cpu_rng, steps
 
+    if unroll_threefry:  # as the trainer does (config.cpu_unrolled_threefry)
+        cpu_rng.unroll_threefry_on_cpu()
     cfg = dj.ModelConfig(head="classification", **SHAPES[shape])
     model = dj.DynaBertModel(cfg)
     params = dj.init_params(model, jax.random.PRNGKey(0))
@@ -272,6 +274,9 @@ def main():
     ap.add_argument("--parity-batch", type=int, default=4)
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="device peak (TFLOP/s) for MFU; leave unset on CPU")
+    ap.add_argument("--rolled-threefry", action="store_true",
+                    help="keep JAX's default (rolled) Threefry lowering on CPU instead of "
+                         "the trainer's unrolled one (dynabert_jax/cpu_rng.py)")
     ap.add_argument("--out", default="runs/bench/train_throughput.json")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows and parity results of --out for the shapes and "
@@ -284,7 +289,7 @@ def main():
 
     if args.worker:
         res = jax_worker(args.shape, args.stage, args.batch, args.seq, int(args.steps),
-                         args.warmup)
+                         args.warmup, unroll_threefry=not args.rolled_threefry)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -306,7 +311,8 @@ def main():
         "device": None, "host_cpu": cpu_name(), "cpus": os.cpu_count(),
         "versions": versions(), "batch": args.batch, "seq": args.seq,
         "steps": steps_of, "warmup": args.warmup, "torch_threads": args.threads,
-        "peak_tflops": args.peak_tflops, "parity": {}, "rows": [], "complete": False}
+        "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,
+        "parity": {}, "rows": [], "complete": False}
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
         redo = {(s, t) for s in shapes for t in stages}
@@ -320,6 +326,7 @@ def main():
             {k: old.get(k) for k in ("command", "date", "steps", "wall_s")}]
     py = sys.executable
     common = ["--batch", args.batch, "--seq", args.seq, "--warmup", args.warmup]
+    jax_flags = ["--rolled-threefry"] if args.rolled_threefry else []
     for i, shape in enumerate(shapes):
         if "torch" in frameworks and (args.parity == "all"
                                       or (args.parity == "first" and i == 0)):
@@ -334,7 +341,8 @@ def main():
             res = {}
             if "jax" in frameworks:
                 res["jax"] = run_child([py, __file__, "--worker", "jax", "--shape", shape,
-                                        "--stage", stage, "--steps", n] + common)
+                                        "--stage", stage, "--steps", n] + common
+                                       + jax_flags)
                 result["device"] = (f"{res['jax']['device']}: {cpu_name()}, "
                                     f"{os.cpu_count()} cores")
             if "torch" in frameworks:

@@ -105,4 +105,7 @@ def get_config():
     c.tensorboard = False
     c.progress = True
     c.report_memory = True   # also compile a single-student step to report the ratio
+    # Lower dropout's Threefry hash unrolled on CPU (same random bits, several times
+    # faster, longer compiles): dynabert_jax/cpu_rng.py, bench/dropout_rng.py.
+    c.cpu_unrolled_threefry = True
     return c

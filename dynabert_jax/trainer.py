@@ -46,7 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dynabert_jax import checkpoint as ckpt
-from dynabert_jax import data, metrics, report, rewire, sharding, steps
+from dynabert_jax import cpu_rng, data, metrics, report, rewire, sharding, steps
 from dynabert_jax.convert import (CheckpointError, config_from_hf, from_pretrained_pytorch,
                                   read_hf_config, read_json)
 from dynabert_jax.modeling import DynaBertModel
@@ -695,6 +695,8 @@ def train_and_evaluate(config, workdir):
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    if config.get("cpu_unrolled_threefry", True):
+        cpu_rng.unroll_threefry_on_cpu()   # same dropout bits, cheaper on CPU
     ctx = Context.create(config, workdir)
     ckpt.write_json_atomic(workdir / "data.json", ctx.sizes)
     result = None
