@@ -73,7 +73,7 @@ def main():
 
     # Everything is compiled rolled first, then unrolled: the switch is process-wide.
     mask_shape = (args.batch, 12, args.seq, args.seq)
-    mask_fn, compiled, states, firsts, compile_s, setups = {}, {}, {}, {}, {}, []
+    mask_fn, compiled, states, compile_s, setups = {}, {}, {}, {}, []
     for shape in args.shapes.split(","):
         cfg = dj.ModelConfig(head="classification", **SHAPES[shape])
         model = dj.DynaBertModel(cfg)
