@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import dynabert_jax as dj  # noqa: E402
-from dynabert_jax import steps  # noqa: E402
+from dynabert_jax import cpu_rng, steps  # noqa: E402
 
 SHAPES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -66,9 +66,15 @@ def main():
     ap.add_argument("--shapes", default="bert-base,minilm")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--rolled-threefry", action="store_true",
+                    help="keep JAX's default (rolled) Threefry lowering on CPU instead of "
+                         "the trainer's unrolled one (dynabert_jax/cpu_rng.py)")
     ap.add_argument("--out", default="runs/bench/bench_memory.json")
     args = ap.parse_args()
-    result = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+    if not args.rolled_threefry:  # as the trainer does (config.cpu_unrolled_threefry)
+        cpu_rng.unroll_threefry_on_cpu()
+    result = {"unrolled_threefry": not args.rolled_threefry,
+              "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
               "host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "jax": jax.__version__, "batch": args.batch, "seq": args.seq, "shapes": {}}
     print("| shape | step | peak (MiB) | temporaries (MiB) | ratio to one student | "
