@@ -14,10 +14,7 @@ reports compile times. It also times the dropout mask of one attention layer alo
 Writes JSON (default runs/bench/dropout_rng.json).
 """
 import argparse
-import datetime
-import os
 import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -29,8 +26,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from train_throughput import (SHAPES, STAGES, cpu_name, random_batch,  # noqa: E402
-                              students_of, versions, write_atomic)
+from train_throughput import (SHAPES, STAGES, random_batch, run_header,  # noqa: E402
+                              students_of, write_atomic)
 
 VARIANTS = ("rolled", "unrolled")
 
@@ -59,16 +56,8 @@ def main():
     import dynabert_jax as dj
     from dynabert_jax import cpu_rng, steps
 
-    out = pathlib.Path(args.out)
-    out = out if out.is_absolute() else ROOT / out
-    result = {"command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                  timespec="seconds"),
-              "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}): "
-                        f"{cpu_name()}, {os.cpu_count()} cores",
-              "xla_flags": os.environ.get("XLA_FLAGS", ""),
-              "versions": versions(), "batch": args.batch, "seq": args.seq,
-              "steps": args.steps, "mask": {}, "rows": []}
+    out, result = run_header(args.out)
+    result.update(batch=args.batch, seq=args.seq, steps=args.steps, mask={}, rows=[])
     t_start = time.perf_counter()
 
     # Everything is compiled rolled first, then unrolled: the switch is process-wide.

@@ -21,10 +21,8 @@ sequence length of ``configs/results.py``):
 Prints a markdown table and writes JSON (default runs/bench/grouped_batches.json).
 """
 import argparse
-import datetime
 import os
 import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -38,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
-from train_throughput import cpu_name, versions, write_atomic  # noqa: E402
+from train_throughput import run_header, write_atomic  # noqa: E402
 
 MULTIPLE = 16
 
@@ -81,16 +79,9 @@ def main():
     from dynabert_jax.trainer import head_for
 
     cpu_rng.unroll_threefry_on_cpu()  # as the trainer does
-    out = pathlib.Path(args.out)
-    out = out if out.is_absolute() else ROOT / out
-    result = {"command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                  timespec="seconds"),
-              "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}): "
-                        f"{cpu_name()}, {os.cpu_count()} cores",
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": versions(),
-              "stage": args.stage, "batch_size": args.batch_size, "sample": args.sample,
-              "multiple": MULTIPLE, "rows": []}
+    out, result = run_header(args.out)
+    result.update(stage=args.stage, batch_size=args.batch_size, sample=args.sample,
+                  multiple=MULTIPLE, rows=[])
     t_start = time.perf_counter()
     for task in args.tasks.split(","):
         config, pretrained, arrays = task_arrays(task)

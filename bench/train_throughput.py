@@ -162,6 +162,21 @@ def run_child(cmd) -> dict:
     return result
 
 
+def run_header(out_arg: str):
+    """``(out path, header)`` shared by the single-process benchmarks: the resolved
+    ``--out`` and the command, date, device, XLA flags and library versions."""
+    import jax
+
+    out = pathlib.Path(out_arg)
+    out = out if out.is_absolute() else ROOT / out
+    return out, {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}): "
+                  f"{cpu_name()}, {os.cpu_count()} cores",
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": versions()}
+
+
 def write_atomic(path: pathlib.Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
