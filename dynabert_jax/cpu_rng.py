@@ -3,9 +3,10 @@
 JAX lowers the Threefry-2x32 hash behind ``jax.random`` as a rolled 5-iteration
 ``while`` loop on CPU (to keep compile times short) and unrolled everywhere else. On
 XLA:CPU the rolled loop is slow: a ``[32, 12, 128, 128]`` dropout mask (one attention
-layer of a MiniLM student at batch 32) took 210 ms rolled and 15 ms unrolled on one
-core, with identical bits. Dropout draws ~9.4 M such bits per layer per student, so the
-rolled lowering cost about a sixth of a CPU training step (``bench/dropout_rng.py``).
+layer of a MiniLM student at batch 32) took 169 ms rolled and 24 ms unrolled on one
+core, with identical bits. Dropout draws ~9.4 M random numbers per layer per student;
+unrolled, a MiniLM train step runs 1.03-1.09x faster (``bench/dropout_rng.py``,
+docs/benchmarks.md).
 
 :func:`unroll_threefry_on_cpu` registers JAX's own unrolled lowering for the CPU
 platform. It changes no random number: the same function of the same key and counter,

@@ -695,7 +695,7 @@ def train_and_evaluate(config, workdir):
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    if config.get("cpu_unrolled_threefry", True):
+    if config.cpu_unrolled_threefry:
         cpu_rng.unroll_threefry_on_cpu()   # same dropout bits, cheaper on CPU
     ctx = Context.create(config, workdir)
     ckpt.write_json_atomic(workdir / "data.json", ctx.sizes)

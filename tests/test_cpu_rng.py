@@ -1,4 +1,5 @@
 """dynabert_jax.cpu_rng: the unrolled Threefry lowering on CPU changes no random bit."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -34,7 +35,6 @@ def test_unrolled_threefry_same_bits_and_no_loop():
     p = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
                        env={"JAX_PLATFORMS": "cpu", "PATH": ""}, timeout=300)
     assert p.returncode == 0, p.stderr
-    import json
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["applied"] == [True, True]
     assert r["loops"][0] > 0 and r["loops"][1] == 0   # the default CPU lowering is rolled
