@@ -91,6 +91,7 @@ def get_config():
     c.loss.label_loss = False            # add the task loss while distilling
     c.loss.mask_padding = False          # hidden MSE over real tokens only
     c.loss.width_matched_teacher = False  # stage-2 teacher at the student's width (paper)
+    c.loss.regression_logit_mse = False   # regression: add lambda_logit * MSE(logits)
 
     c.eval_batch_size = 128
     c.checkpoint_every = 0   # 0: at every evaluation

@@ -5,6 +5,8 @@
 * :func:`hidden_mse`: ``sum_m mean((H_s[m] - H_t[T[m]])^2)``, a *sum* of per-state means
   over every position of ``[batch, seq, hidden]``, padding included (official); with
   ``mask`` only real tokens count (a documented variant).
+* :func:`logit_mse`: ``mean_b mean_c (z_s - z_t)^2``, the prediction-layer loss for a
+  regression head (TinyBERT's choice; the official DynaBERT has none, a variant here).
 * :func:`task_loss`: cross-entropy (classification), MSE on the single logit
   (regression), or the mean of start/end cross-entropies (span); weighted means so that
   zero-weight padding examples do not count.
@@ -37,6 +39,14 @@ def soft_cross_entropy(student_logits: Array, teacher_logits: Array,
     if per_example.ndim > 1:  # span logits: [batch, 2] (start, end) -> mean over both
         per_example = jnp.mean(per_example.reshape(per_example.shape[0], -1), axis=-1)
     return _weighted_mean(per_example, weights)
+
+
+def logit_mse(student_logits: Array, teacher_logits: Array,
+              weights: Optional[Array] = None) -> Array:
+    """``[batch, outputs]`` -> scalar mean squared error; teacher gradients are stopped."""
+    t = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
+    sq = jnp.square(student_logits.astype(jnp.float32) - t)
+    return _weighted_mean(jnp.mean(sq.reshape(sq.shape[0], -1), axis=-1), weights)
 
 
 def hidden_mse(student_hidden: Sequence[Array], teacher_hidden: Sequence[Array],

@@ -49,11 +49,14 @@ class LossSpec:
       ``"distill"`` (DynaBERT_W and DynaBERT).
     lambda_logit, lambda_hidden: weights of the soft cross-entropy on logits and of the
       summed hidden-state MSEs (stage 1: 1.0 / 0.1, stage 2: 1.0 / 1.0). Regression heads
-      get no logit term, as in the official code.
+      get no logit term, as in the official code, unless ``regression_logit_mse``.
     label_loss: also add the task loss while distilling (variant).
     mask_padding: hidden-state MSE over real tokens only (variant; official: all).
     width_matched_teacher: the teacher runs at the student's width (the paper's
       wording) instead of full width (the official code).
+    regression_logit_mse: for a regression head, a logit term ``lambda_logit * MSE(z_s,
+      z_t)`` (variant, as TinyBERT): the official code has none, so the pooler and the
+      head never train before final fine-tuning.
     """
 
     kind: str = "distill"
@@ -62,6 +65,7 @@ class LossSpec:
     label_loss: bool = False
     mask_padding: bool = False
     width_matched_teacher: bool = False
+    regression_logit_mse: bool = False
 
     def __post_init__(self):
         if self.kind not in ("task", "distill"):
@@ -129,6 +133,8 @@ def student_loss(model: DynaBertModel, params, batch, subnet: SubNet, spec: Loss
         loss += spec.lambda_logit * losses.soft_cross_entropy(
             _logits_for_distillation(cfg.head, out.logits),
             _logits_for_distillation(cfg.head, teacher_out.logits))
+    if cfg.head == "regression" and spec.regression_logit_mse and spec.lambda_logit:
+        loss += spec.lambda_logit * losses.logit_mse(out.logits, teacher_out.logits)
     if spec.lambda_hidden:
         mask = batch["attention_mask"] if spec.mask_padding else None
         loss += spec.lambda_hidden * losses.hidden_mse(

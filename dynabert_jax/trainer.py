@@ -586,7 +586,8 @@ def _distill_spec(ctx: Context, stage: str) -> steps.LossSpec:
                           lambda_hidden=s.lambda_hidden, label_loss=loss.label_loss,
                           mask_padding=loss.mask_padding,
                           width_matched_teacher=loss.width_matched_teacher
-                          and stage == "width_depth")
+                          and stage == "width_depth",
+                          regression_logit_mse=loss.regression_logit_mse)
 
 
 def stage_width(ctx: Context, init=None, prefix: str = "", top_level: bool = True):

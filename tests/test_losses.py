@@ -84,15 +84,16 @@ def _batch(head="classification"):
             "token_type_ids": np.zeros_like(ids), "labels": labels}
 
 
-@pytest.mark.parametrize("head, lambdas", [("classification", (1.0, 0.1)),
-                                           ("classification", (1.0, 1.0)),
-                                           ("regression", (1.0, 1.0))])
-def test_one_step_equals_hand_computation(head, lambdas):
+@pytest.mark.parametrize("head, lambdas, reg_mse", [("classification", (1.0, 0.1), False),
+                                                    ("classification", (1.0, 1.0), False),
+                                                    ("regression", (1.0, 1.0), False),
+                                                    ("regression", (0.5, 1.0), True)])
+def test_one_step_equals_hand_computation(head, lambdas, reg_mse):
     model, student = _tiny(head)
     _, teacher = _tiny(head, seed=2)
     batch = _batch(head)
     students = dj.grid((1.0, 0.5), (1.0, 0.5))
-    spec = steps.LossSpec("distill", *lambdas)
+    spec = steps.LossSpec("distill", *lambdas, regression_logit_mse=reg_mse)
     tx, _ = steps.make_optimizer(1e-3, 10)
     step = jax.jit(steps.make_train_step(model, students, spec, tx))
     state, m = step(steps.init_state(student, tx), teacher, batch, jax.random.PRNGKey(0))
@@ -110,6 +111,8 @@ def test_one_step_equals_hand_computation(head, lambdas):
         if head == "classification":
             p_t = np.exp(_np_log_softmax(np.asarray(t.logits)))
             logit = np.mean(-(p_t * _np_log_softmax(np.asarray(o.logits))).sum(-1))
+        elif reg_mse:
+            logit = np.mean((np.asarray(o.logits) - np.asarray(t.logits)) ** 2)
         hid = sum(np.mean((np.asarray(h) - t_h[i]) ** 2)
                   for h, i in zip(o.hidden_states, s.teacher_hidden_indices(model.config)))
         want.append(lambdas[0] * logit + lambdas[1] * hid)
@@ -129,11 +132,25 @@ def test_one_step_equals_hand_computation(head, lambdas):
     expected = optax.apply_updates(student, updates)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                            state.params, expected)
-    if head == "regression":   # no logit loss: pooler and head get no gradient
+    if head == "regression" and not reg_mse:   # official: pooler and head get no gradient
         np.testing.assert_array_equal(state.params["classifier"]["kernel"],
                                       student["classifier"]["kernel"])
         np.testing.assert_array_equal(state.params["pooler"]["kernel"],
                                       student["pooler"]["kernel"])
+    if reg_mse:   # the variant trains the head before final fine-tuning
+        assert not np.array_equal(state.params["classifier"]["kernel"],
+                                  student["classifier"]["kernel"])
+
+
+def test_logit_mse_matches_numpy():
+    rng = np.random.default_rng(3)
+    s, t = rng.normal(size=(5, 1)), rng.normal(size=(5, 1))
+    np.testing.assert_allclose(losses.logit_mse(s, t), np.mean((s - t) ** 2), rtol=1e-6)
+    w = np.array([1, 0, 1, 1, 0], np.float32)
+    np.testing.assert_allclose(losses.logit_mse(s, t, w), np.mean(((s - t) ** 2)[w > 0]),
+                               rtol=1e-6)
+    g = jax.grad(lambda t_: losses.logit_mse(s, t_))(jnp.asarray(t))
+    assert float(jnp.abs(g).max()) == 0.0
 
 
 def test_pad_row_never_changes_and_dropout_keys_differ():
