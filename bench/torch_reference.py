@@ -265,8 +265,11 @@ class TrainStep:
 
     def __init__(self, student: DynaBertForSequenceClassification,
                  teacher: DynaBertForSequenceClassification, students, lambda_logit: float,
-                 lambda_hidden: float, lr: float = 2e-5, total_steps: int = 1000):
+                 lambda_hidden: float, lr: float = 2e-5, total_steps: int = 1000,
+                 autocast_dtype=None):
         self.student, self.teacher = student, teacher
+        #: forward passes (not backward) under autocast, as torch.autocast's docs advise
+        self.autocast_dtype = autocast_dtype
         self.students = tuple(students)
         self.lambda_logit, self.lambda_hidden = lambda_logit, lambda_hidden
         self.num_layers = student.config["num_hidden_layers"]
@@ -285,17 +288,23 @@ class TrainStep:
     def __call__(self, batch):
         """Returns ``(per-student losses, grad norm before clipping)``."""
         inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        with torch.no_grad():
+        dev = inputs[0].device.type
+        autocast = lambda: torch.autocast(  # noqa: E731
+            dev, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        with torch.no_grad(), autocast():
             t_logits, t_hidden = self.teacher(*inputs)
         self.student.train()
         losses = []
         for sub in self.students:
             self.student.set_subnet(sub.width, sub.depth)
-            logits, hidden = self.student(*inputs)
-            loss = self.lambda_logit * soft_cross_entropy(logits, t_logits)
-            hid = sum(F.mse_loss(s, t_hidden[t])
-                      for s, t in zip(hidden, self.teacher_indices(sub.depth)))
-            loss = loss + self.lambda_hidden * hid
+            with autocast():
+                logits, hidden = self.student(*inputs)
+                # losses in float32, as our steps compute them
+                loss = self.lambda_logit * soft_cross_entropy(logits.float(),
+                                                              t_logits.float())
+                hid = sum(F.mse_loss(s.float(), t_hidden[t].float())
+                          for s, t in zip(hidden, self.teacher_indices(sub.depth)))
+                loss = loss + self.lambda_hidden * hid
             loss.backward()
             losses.append(loss.item())
         norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
@@ -319,16 +328,25 @@ def max_rss_mib() -> float:
 # ----------------------------------------------------------------------------------
 
 
+#: --dtype -> (allow_tf32, autocast dtype); the JAX side is train_throughput.PRECISIONS
+PRECISIONS = {"float32": (False, None), "tf32": (True, None),
+              "bfloat16": (False, torch.bfloat16)}
+
+
 def bench(shape: str, stage: str, batch: int, seq: int, steps: int, warmup: int,
-          threads: int, device: str = "cpu") -> dict:
+          threads: int, device: str = "cpu", dtype: str = "float32") -> dict:
     torch.set_num_threads(threads)
+    allow_tf32, autocast_dtype = PRECISIONS[dtype]
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
     torch.manual_seed(0)
     dev = torch.device(device)
     c = make_config(shape)
     student = DynaBertForSequenceClassification(c).to(dev)
     teacher = copy.deepcopy(student)
     _, lam_logit, lam_hidden = STAGES[stage]
-    step = TrainStep(student, teacher, students_for(stage), lam_logit, lam_hidden)
+    step = TrainStep(student, teacher, students_for(stage), lam_logit, lam_hidden,
+                     autocast_dtype=autocast_dtype)
     b = {k: v.to(dev) for k, v in to_torch(random_batch(batch, seq, c["vocab_size"])).items()}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times, losses = [], None
@@ -345,7 +363,7 @@ def bench(shape: str, stage: str, batch: int, seq: int, steps: int, warmup: int,
     med = statistics.median(times)
     out = {"framework": "torch", "torch": torch.__version__, "threads": threads,
            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-           "shape": shape, "stage": stage, "students": len(step.students),
+           "shape": shape, "stage": stage, "students": len(step.students), "dtype": dtype,
            "batch": batch, "seq": seq, "step_times_s": [round(t, 4) for t in times],
            "median_step_s": med, "examples_per_s": batch / med,
            "max_rss_mib": round(max_rss_mib(), 1), "last_losses": losses}
@@ -463,6 +481,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (timing mode)")
+    ap.add_argument("--dtype", default="float32", choices=sorted(PRECISIONS))
     ap.add_argument("--parity", action="store_true",
                     help="check against dynabert_jax on the same weights instead of timing")
     ap.add_argument("--parity-stages", default="1,2")
@@ -473,7 +492,7 @@ def main():
         print_parity(result)
     else:
         result = bench(args.shape, args.stage, args.batch, args.seq, args.steps,
-                       args.warmup, args.threads, args.device)
+                       args.warmup, args.threads, args.device, args.dtype)
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -21,6 +21,14 @@ softmax, LayerNorm, losses and the optimizer are not counted).
     python bench/train_throughput.py                                   # both shapes
     python bench/train_throughput.py --shapes minilm --stages 1,2 --steps 3
     python bench/train_throughput.py --steps minilm=3,bert-base=2      # per shape
+    python bench/train_throughput.py --torch-device cuda --dtype bfloat16 --peak-tflops 989
+
+``--dtype``: ``float32`` (IEEE float32 matmuls in both: JAX
+``jax_default_matmul_precision="highest"``, PyTorch ``allow_tf32=False``), ``tf32``
+(both allowed TF32 tensor cores; GPU only) or ``bfloat16`` (compute in bf16: our
+``DynaBertModel(dtype=bfloat16)``, PyTorch ``autocast``; weights, gradients and the
+optimizer stay float32 in both). MFU = model FLOPs / step time / ``--peak-tflops``: give
+the device's peak for that precision.
 
 Prints a markdown table per shape and writes JSON (default
 runs/bench/train_throughput.json, rewritten atomically after every measurement).
@@ -81,8 +89,14 @@ def students_of(dj, stage: str):
     return (dj.FULL,) if stage == "single" else dj.grid(dj.WIDTHS, STAGES[stage][0])
 
 
+#: --dtype -> (our compute dtype, JAX default matmul precision); PyTorch's side is in
+#: torch_reference.PRECISIONS
+PRECISIONS = {"float32": ("float32", "highest"), "tf32": ("float32", "tensorfloat32"),
+              "bfloat16": ("bfloat16", None)}
+
+
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
-               warmup: int, unroll_threefry: bool = True) -> dict:
+               warmup: int, unroll_threefry: bool = True, dtype: str = "float32") -> dict:
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
@@ -92,8 +106,11 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
 
     if unroll_threefry:  # as the trainer does (config.cpu_unrolled_threefry)
         cpu_rng.unroll_threefry_on_cpu()
+    compute, precision = PRECISIONS[dtype]
+    if precision:
+        jax.config.update("jax_default_matmul_precision", precision)
     cfg = dj.ModelConfig(head="classification", **SHAPES[shape])
-    model = dj.DynaBertModel(cfg)
+    model = dj.DynaBertModel(cfg, dtype=getattr(jnp, compute))
     params = dj.init_params(model, jax.random.PRNGKey(0))
     teacher = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
     _, lam_logit, lam_hidden = STAGES[stage]
@@ -127,7 +144,8 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     dev = jax.devices()[0]
     out = {"framework": "jax", "device": f"{dev.device_kind} ({jax.default_backend()})",
            "shape": shape, "stage": stage, "students": len(students), "batch": batch,
-           "seq": seq, "unrolled_threefry": unroll_threefry,
+           "seq": seq, "dtype": dtype, "jax_matmul_precision": precision,
+           "unrolled_threefry": unroll_threefry,
            "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
            "step_times_s": [round(t, 4) for t in times], "median_step_s": med,
            "examples_per_s": batch / med, "xla_memory": mem,
@@ -215,6 +233,7 @@ def summarise(row_ours, row_torch, flops, peak_tflops):
         r[f"{name}_mfu"] = (round(gflops / (peak_tflops * 1e3), 4) if peak_tflops
                             else None)
         r[f"{name}_max_rss_mib"] = row["max_rss_mib"]
+        r[f"{name}_peak_device_mib"] = row.get("peak_device_mib")  # GPU allocators
     if row_ours and row_torch:
         r["ours_over_torch"] = round(row_ours["examples_per_s"]
                                      / row_torch["examples_per_s"], 3)
@@ -230,11 +249,21 @@ def fmt(x, spec="{:.2f}"):
 
 
 def print_table(shape, rows, peak_tflops):
+    gpu = any(r["summary"].get("ours_peak_device_mib") is not None for r in rows)
+    mem_head = ("peak device MiB: ours / PyTorch" if gpu
+                else "peak MiB: ours XLA / ours RSS / PyTorch RSS")
     print(f"\n### {shape}\n")
     print("| stage | students | ours ex/s | PyTorch ex/s | ours/PyTorch | compile s | "
-          "peak MiB: ours XLA / ours RSS / PyTorch RSS | GFLOP/s ours / PyTorch | "
-          "MFU ours / PyTorch |")
+          f"{mem_head} | GFLOP/s ours / PyTorch | MFU ours / PyTorch |")
     print("|---|---|---|---|---|---|---|---|---|")
+    def mem(s):
+        if gpu:
+            return (f"{fmt(s.get('ours_peak_device_mib'), '{:.0f}')} / "
+                    f"{fmt(s.get('torch_peak_device_mib'), '{:.0f}')}")
+        return (f"{fmt(s.get('ours_xla_peak_mib'), '{:.0f}')} / "
+                f"{fmt(s.get('ours_max_rss_mib'), '{:.0f}')} / "
+                f"{fmt(s.get('torch_max_rss_mib'), '{:.0f}')}")
+
     for r in rows:
         s = r["summary"]
         mfu = (f"{fmt(s.get('ours_mfu'), '{:.1%}')} / {fmt(s.get('torch_mfu'), '{:.1%}')}"
@@ -242,9 +271,7 @@ def print_table(shape, rows, peak_tflops):
         print(f"| {r['stage']} | {r['students']} | {fmt(s.get('ours_examples_per_s'))} | "
               f"{fmt(s.get('torch_examples_per_s'))} | "
               f"{fmt(s.get('ours_over_torch'))} | {fmt(s.get('compile_s'), '{:.1f}')} | "
-              f"{fmt(s.get('ours_xla_peak_mib'), '{:.0f}')} / "
-              f"{fmt(s.get('ours_max_rss_mib'), '{:.0f}')} / "
-              f"{fmt(s.get('torch_max_rss_mib'), '{:.0f}')} | "
+              f"{mem(s)} | "
               f"{fmt(s.get('ours_gflops_per_s'), '{:.1f}')} / "
               f"{fmt(s.get('torch_gflops_per_s'), '{:.1f}')} | {mfu} |", flush=True)
 
@@ -284,6 +311,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
     ap.add_argument("--frameworks", default="jax,torch")
     ap.add_argument("--torch-device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(PRECISIONS),
+                    help="compute precision of both frameworks (see the docstring)")
     ap.add_argument("--parity", default="all", choices=("all", "first", "none"),
                     help="check the PyTorch reference against ours on all / the first "
                          "/ no shape")
@@ -305,7 +334,8 @@ def main():
 
     if args.worker:
         res = jax_worker(args.shape, args.stage, args.batch, args.seq, int(args.steps),
-                         args.warmup, unroll_threefry=not args.rolled_threefry)
+                         args.warmup, unroll_threefry=not args.rolled_threefry,
+                         dtype=args.dtype)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -327,6 +357,7 @@ def main():
         "device": None, "host_cpu": cpu_name(), "cpus": os.cpu_count(),
         "versions": versions(), "batch": args.batch, "seq": args.seq,
         "steps": steps_of, "warmup": args.warmup, "torch_threads": args.threads,
+        "dtype": args.dtype, "torch_device": args.torch_device,
         "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,
         "parity": {}, "rows": [], "complete": False}
     if args.merge and out.is_file():
@@ -341,7 +372,8 @@ def main():
         result["merged_from"] = old.get("merged_from", []) + [
             {k: old.get(k) for k in ("command", "date", "steps", "wall_s")}]
     py = sys.executable
-    common = ["--batch", args.batch, "--seq", args.seq, "--warmup", args.warmup]
+    common = ["--batch", args.batch, "--seq", args.seq, "--warmup", args.warmup,
+              "--dtype", args.dtype]
     jax_flags = ["--rolled-threefry"] if args.rolled_threefry else []
     for i, shape in enumerate(shapes):
         if "torch" in frameworks and (args.parity == "all"
