@@ -109,4 +109,8 @@ def get_config():
     # Lower dropout's Threefry hash unrolled on CPU (same random bits, several times
     # faster, longer compiles): dynabert_jax/cpu_rng.py, bench/dropout_rng.py.
     c.cpu_unrolled_threefry = True
+    # A folder for JAX's persistent compilation cache ("" = off). A multi-student step
+    # compiles for 0.5-4 min (longest on GPUs, which autotune every matmul shape); with
+    # the cache a resumed run, a rerun or a sweep point of the same shapes loads it.
+    c.compilation_cache_dir = ""
     return c

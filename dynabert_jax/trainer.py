@@ -689,6 +689,23 @@ def stages_to_run(config) -> Tuple[str, ...]:
     return (config.stage,)
 
 
+def enable_compilation_cache(path) -> pathlib.Path:
+    """Turn on JAX's persistent compilation cache in ``path`` (created if missing).
+
+    Executables that took at least ``jax_persistent_cache_min_compile_time_secs``
+    (JAX's default: 1 s) to compile are stored, keyed by their program, devices and
+    compile options, and loaded instead of compiled by any later process that builds the
+    same program. Takes effect even after earlier compilations in this process."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    path = pathlib.Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    compilation_cache.reset_cache()   # the cache object reads the folder when first used
+    log.info("persistent compilation cache: %s", path)
+    return path
+
+
 def train_and_evaluate(config, workdir):
     """Run the stage(s) of ``config.stage`` in ``workdir``; returns the last stage's
     result (the grid record for width/width_depth/final/eval)."""
@@ -698,6 +715,8 @@ def train_and_evaluate(config, workdir):
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     if config.cpu_unrolled_threefry:
         cpu_rng.unroll_threefry_on_cpu()   # same dropout bits, cheaper on CPU
+    if config.get("compilation_cache_dir"):
+        enable_compilation_cache(config.compilation_cache_dir)
     ctx = Context.create(config, workdir)
     ckpt.write_json_atomic(workdir / "data.json", ctx.sizes)
     result = None

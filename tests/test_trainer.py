@@ -190,3 +190,31 @@ def test_trimmed_grouped_batches_train_and_bad_options_are_errors(tiny_bert_dir,
     bad = tiny_train_config(tiny_bert_dir, tmp_path, **{"data.pad_to_multiple_of": -8})
     with pytest.raises(ValueError, match="pad_to_multiple_of must be an int >= 0"):
         trainer.stages_to_run(bad)
+
+
+def test_compilation_cache_is_filled_then_reused_with_the_same_results(tiny_bert_dir,
+                                                                        tmp_path):
+    """config.compilation_cache_dir: the first run stores its executables; a second run
+    of the same shapes compiles nothing new and trains to the same numbers."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    cache = tmp_path / "jax-cache"
+    old = (jax.config.jax_compilation_cache_dir,
+           jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # tiny programs
+    try:
+        results = []
+        for run in ("first", "second"):
+            c = tiny_train_config(tiny_bert_dir, tmp_path / run, stage="teacher",
+                                  compilation_cache_dir=str(cache))
+            results.append(trainer.train_and_evaluate(c, tmp_path / run / "run"))
+            if run == "first":
+                stored = sorted(p.name for p in cache.iterdir())
+                assert any("train_step" in name for name in stored), stored
+        assert sorted(p.name for p in cache.iterdir()) == stored
+        assert json.dumps(results[0], sort_keys=True) == json.dumps(results[1],
+                                                                    sort_keys=True)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+        compilation_cache.reset_cache()
