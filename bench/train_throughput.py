@@ -96,7 +96,8 @@ PRECISIONS = {"float32": ("float32", "highest"), "tf32": ("float32", "tensorfloa
 
 
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
-               warmup: int, unroll_threefry: bool = True, dtype: str = "float32") -> dict:
+               warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
+               dropout: float = 0.1) -> dict:
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
@@ -109,7 +110,8 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     compute, precision = PRECISIONS[dtype]
     if precision:
         jax.config.update("jax_default_matmul_precision", precision)
-    cfg = dj.ModelConfig(head="classification", **SHAPES[shape])
+    cfg = dj.ModelConfig(head="classification", hidden_dropout_prob=dropout,
+                         attention_probs_dropout_prob=dropout, **SHAPES[shape])
     model = dj.DynaBertModel(cfg, dtype=getattr(jnp, compute))
     params = dj.init_params(model, jax.random.PRNGKey(0))
     teacher = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
@@ -145,6 +147,7 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     out = {"framework": "jax", "device": f"{dev.device_kind} ({jax.default_backend()})",
            "shape": shape, "stage": stage, "students": len(students), "batch": batch,
            "seq": seq, "dtype": dtype, "jax_matmul_precision": precision,
+           "dropout": dropout,
            "unrolled_threefry": unroll_threefry,
            "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
            "step_times_s": [round(t, 4) for t in times], "median_step_s": med,
@@ -313,6 +316,9 @@ def main():
     ap.add_argument("--torch-device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(PRECISIONS),
                     help="compute precision of both frameworks (see the docstring)")
+    ap.add_argument("--dropout", type=float, default=0.1,
+                    help="hidden and attention dropout of both (0: no random bits are "
+                         "drawn; to measure dropout's share of a step)")
     ap.add_argument("--parity", default="all", choices=("all", "first", "none"),
                     help="check the PyTorch reference against ours on all / the first "
                          "/ no shape")
@@ -335,7 +341,7 @@ def main():
     if args.worker:
         res = jax_worker(args.shape, args.stage, args.batch, args.seq, int(args.steps),
                          args.warmup, unroll_threefry=not args.rolled_threefry,
-                         dtype=args.dtype)
+                         dtype=args.dtype, dropout=args.dropout)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -357,7 +363,7 @@ def main():
         "device": None, "host_cpu": cpu_name(), "cpus": os.cpu_count(),
         "versions": versions(), "batch": args.batch, "seq": args.seq,
         "steps": steps_of, "warmup": args.warmup, "torch_threads": args.threads,
-        "dtype": args.dtype, "torch_device": args.torch_device,
+        "dtype": args.dtype, "torch_device": args.torch_device, "dropout": args.dropout,
         "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,
         "parity": {}, "rows": [], "complete": False}
     if args.merge and out.is_file():
@@ -373,7 +379,7 @@ def main():
             {k: old.get(k) for k in ("command", "date", "steps", "wall_s")}]
     py = sys.executable
     common = ["--batch", args.batch, "--seq", args.seq, "--warmup", args.warmup,
-              "--dtype", args.dtype]
+              "--dtype", args.dtype, "--dropout", args.dropout]
     jax_flags = ["--rolled-threefry"] if args.rolled_threefry else []
     for i, shape in enumerate(shapes):
         if "torch" in frameworks and (args.parity == "all"
