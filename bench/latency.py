@@ -25,11 +25,8 @@ Prints a markdown table per (shape, batch) and rewrites ``--out`` (default
 ``runs/bench/latency.json``, atomically) after each table. ``python -m
 dynabert_jax.select`` reads that file.
 
-Precision (``--dtype``): ``float32`` is IEEE float32 matmuls in both frameworks (JAX
-``jax_default_matmul_precision="highest"``, PyTorch ``allow_tf32=False``; on a GPU JAX's
-default would use TF32 and PyTorch's would not), ``tf32`` lets both use TF32 tensor
-cores (GPU only), ``bfloat16`` computes in bf16 (our ``DynaBertModel(dtype=bfloat16)``,
-PyTorch ``autocast``; weights stay float32 in both).
+Precision (``--dtype``): float32, tf32 or bfloat16, as ``bench/precisions.py`` defines
+them for both frameworks (default: float32; float32 and bfloat16 with --gpu-protocol).
 
 CPU settings (chosen here, recorded in the JSON): JAX's CPU client is started with
 ``XLA_FLAGS`` from ``--xla-flags`` (default: none added), PyTorch with
@@ -49,6 +46,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from precisions import PRECISIONS, set_torch_precision  # noqa: E402  (bench/)
 
 SHAPES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -66,7 +65,7 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions (median)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="untimed repetitions after compilation")
-    ap.add_argument("--dtype", default="float32",
+    ap.add_argument("--dtype", default=None,
                     help="comma-separated: float32 (IEEE matmuls), tf32 (GPU only), "
                          "bfloat16 (compute in bf16)")
     ap.add_argument("--minilm-dir", default=None,
@@ -85,25 +84,17 @@ def parse_args(argv=None):
                     help=f"on a GPU: {GPU_BATCHES} batches of {GPU_BATCH}x{GPU_SEQ} "
                          f"in float32 and bfloat16 (overrides batch, seq, reps, dtype)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "latency.json"))
-    dtype_given = any(a == "--dtype" or a.startswith("--dtype=") for a in (argv or sys.argv))
     args = ap.parse_args(argv)
     if args.gpu_protocol:
         args.batch_sizes, args.seq = str(GPU_BATCH), GPU_SEQ
         args.reps = GPU_BATCHES
-        if not dtype_given:
-            args.dtype = "float32,bfloat16"
         args.warmup = max(args.warmup, 3)
+    if args.dtype is None:
+        args.dtype = "float32,bfloat16" if args.gpu_protocol else "float32"
     bad = [d for d in args.dtype.split(",") if d not in PRECISIONS]
     if bad:
         ap.error(f"unknown --dtype {bad}; choose from {sorted(PRECISIONS)}")
     return args
-
-
-#: --dtype -> (our compute dtype, JAX default matmul precision, PyTorch allow_tf32,
-#: PyTorch autocast dtype)
-PRECISIONS = {"float32": ("float32", "highest", False, None),
-              "tf32": ("float32", "tensorfloat32", True, None),
-              "bfloat16": ("bfloat16", None, False, "bfloat16")}
 
 
 # ----------------------------------------------------------------------------------
@@ -187,7 +178,7 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
 
     import dynabert_jax as dj
 
-    compute, jax_precision, allow_tf32, autocast_dtype = PRECISIONS[dtype]
+    compute, jax_precision, _, _ = PRECISIONS[dtype]
     jmodel = dj.DynaBertModel(model.config, dtype=getattr(jnp, compute))
     small_model, small_params = dj.extract_subnetwork(jmodel, params, subnet)
     device = jax.devices(backend)[0]
@@ -205,10 +196,9 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
     tdev = "cuda" if backend == "gpu" else "cpu"
     tmodel = torch_subnetwork(model, params, subnet).to(tdev)
     tin = {k: torch.as_tensor(v).to(tdev) for k, v in inputs.items()}
-    autocast = (torch.autocast(tdev, dtype=getattr(torch, autocast_dtype)) if autocast_dtype
-                else torch.autocast(tdev, enabled=False))
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
+    autocast_dtype = set_torch_precision(torch, dtype)
+    autocast = torch.autocast(tdev, dtype=autocast_dtype,
+                              enabled=autocast_dtype is not None)
 
     def run_jax():
         return forward(small_params, **jin).block_until_ready()

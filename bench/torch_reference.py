@@ -45,6 +45,7 @@ import torch.nn.functional as F
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from precisions import PRECISIONS, set_torch_precision  # noqa: E402
 from train_throughput import SHAPES, STAGES, random_batch  # noqa: E402  (no JAX import)
 
 
@@ -328,18 +329,11 @@ def max_rss_mib() -> float:
 # ----------------------------------------------------------------------------------
 
 
-#: --dtype -> (allow_tf32, autocast dtype); the JAX side is train_throughput.PRECISIONS
-PRECISIONS = {"float32": (False, None), "tf32": (True, None),
-              "bfloat16": (False, torch.bfloat16)}
-
-
 def bench(shape: str, stage: str, batch: int, seq: int, steps: int, warmup: int,
           threads: int, device: str = "cpu", dtype: str = "float32",
           dropout: float = 0.1) -> dict:
     torch.set_num_threads(threads)
-    allow_tf32, autocast_dtype = PRECISIONS[dtype]
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
+    autocast_dtype = set_torch_precision(torch, dtype)
     torch.manual_seed(0)
     dev = torch.device(device)
     c = make_config(shape, dropout=dropout)

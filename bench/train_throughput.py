@@ -23,11 +23,8 @@ softmax, LayerNorm, losses and the optimizer are not counted).
     python bench/train_throughput.py --steps minilm=3,bert-base=2      # per shape
     python bench/train_throughput.py --torch-device cuda --dtype bfloat16 --peak-tflops 989
 
-``--dtype``: ``float32`` (IEEE float32 matmuls in both: JAX
-``jax_default_matmul_precision="highest"``, PyTorch ``allow_tf32=False``), ``tf32``
-(both allowed TF32 tensor cores; GPU only) or ``bfloat16`` (compute in bf16: our
-``DynaBertModel(dtype=bfloat16)``, PyTorch ``autocast``; weights, gradients and the
-optimizer stay float32 in both). MFU = model FLOPs / step time / ``--peak-tflops``: give
+``--dtype``: float32, tf32 or bfloat16 in both frameworks, as ``bench/precisions.py``
+defines them (weights, gradients and the optimizer stay float32 in both). MFU = model FLOPs / step time / ``--peak-tflops``: give
 the device's peak for that precision.
 
 Prints a markdown table per shape and writes JSON (default
@@ -49,6 +46,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from precisions import PRECISIONS  # noqa: E402
 
 SHAPES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -89,12 +88,6 @@ def students_of(dj, stage: str):
     return (dj.FULL,) if stage == "single" else dj.grid(dj.WIDTHS, STAGES[stage][0])
 
 
-#: --dtype -> (our compute dtype, JAX default matmul precision); PyTorch's side is in
-#: torch_reference.PRECISIONS
-PRECISIONS = {"float32": ("float32", "highest"), "tf32": ("float32", "tensorfloat32"),
-              "bfloat16": ("bfloat16", None)}
-
-
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
                warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
                dropout: float = 0.1) -> dict:
@@ -107,7 +100,7 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
 
     if unroll_threefry:  # as the trainer does (config.cpu_unrolled_threefry)
         cpu_rng.unroll_threefry_on_cpu()
-    compute, precision = PRECISIONS[dtype]
+    compute, precision, _, _ = PRECISIONS[dtype]
     if precision:
         jax.config.update("jax_default_matmul_precision", precision)
     cfg = dj.ModelConfig(head="classification", hidden_dropout_prob=dropout,
