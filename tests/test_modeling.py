@@ -179,6 +179,38 @@ def test_dropout_only_when_not_deterministic():
     assert not np.allclose(a, c) and not np.allclose(c, d)
 
 
+
+def test_both_attention_formulations_agree():
+    """Without dropout the attention normalises after its product with the values; with
+    dropout it runs softmax first. A dropout rate too small to drop anything in float32
+    takes the second path with the first's arithmetic: outputs and gradients (w.r.t. the
+    parameters and the head mask, which rewiring uses) must agree."""
+    model, params = _tiny(attention_probs_dropout_prob=1e-30, hidden_dropout_prob=0.0)
+    ids = jax.random.randint(jax.random.PRNGKey(0), (2, 8), 1, 50)
+    mask = jnp.ones((2, 8), jnp.int32).at[0, 5:].set(0)
+    head_mask = jnp.ones((4, 4)).at[1, 2].set(0.0).at[3, 0].set(0.5)
+    weights = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 32))
+
+    def loss(p, h, deterministic):
+        out = model.apply({"params": p}, ids, attention_mask=mask, head_mask=h,
+                          subnet=SubNet(0.75, 1.0), deterministic=deterministic,
+                          rngs={"dropout": jax.random.PRNGKey(2)})
+        return jnp.sum(out.logits) + sum(jnp.sum(t * weights) for t in out.hidden_states)
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    (l_after, g_after), (l_first, g_first) = grad(params, head_mask, True), \
+        grad(params, head_mask, False)
+    np.testing.assert_allclose(l_after, l_first, rtol=1e-6)
+    top = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g_first))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_after),
+                            jax.tree.leaves(g_first)):
+        # the key bias adds a per-query constant to the scores: its true gradient is 0
+        scale = top if "key" in jax.tree_util.keystr(path) and b.ndim == 1 \
+            else float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
 def test_bfloat16_compute_float32_params():
     model, params = _tiny()
     bf16 = dj.DynaBertModel(model.config, dtype=jnp.bfloat16)
