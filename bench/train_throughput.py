@@ -24,8 +24,8 @@ softmax, LayerNorm, losses and the optimizer are not counted).
     python bench/train_throughput.py --torch-device cuda --dtype bfloat16 --peak-tflops 989
 
 ``--dtype``: float32, tf32 or bfloat16 in both frameworks, as ``bench/precisions.py``
-defines them (weights, gradients and the optimizer stay float32 in both). MFU = model FLOPs / step time / ``--peak-tflops``: give
-the device's peak for that precision.
+defines them (weights, gradients and the optimizer stay float32 in both). MFU = model
+FLOPs / step time / ``--peak-tflops``: give the device's peak for that precision.
 
 Prints a markdown table per shape and writes JSON (default
 runs/bench/train_throughput.json, rewritten atomically after every measurement).

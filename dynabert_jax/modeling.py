@@ -9,9 +9,9 @@ flow into the shared slices.
 
 Numerics follow the official DynaBERT code and Hugging Face ``modeling_bert.py``:
 post-LayerNorm, exact (erf) GELU, LayerNorm epsilon from the config, additive attention
-mask ``(1 - mask) * -10000``, dropout only when ``deterministic=False``; the attention
-softmax is normalised after its product with the values (the same function, rounded
-differently: see ``Layer``). With
+mask ``(1 - mask) * -10000``, dropout only when ``deterministic=False``; without
+attention dropout the softmax is normalised after its product with the values (the same
+function, rounded differently: see ``Layer``). With
 ``dtype=jnp.bfloat16`` matrix products run in bfloat16 while parameters, LayerNorm,
 softmax and logits stay in float32.
 
@@ -297,7 +297,6 @@ class Layer(nn.Module):
         # [batch, heads, q, k]; the official code divides by sqrt(head_size).
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
         scores = scores / math.sqrt(d) + mask_bias
-        dropout = nn.Dropout(cfg.attention_probs_dropout_prob)
         if deterministic or cfg.attention_probs_dropout_prob == 0.0:
             # softmax(scores) @ v with the normalisation moved after the product:
             # exp(scores - max) @ v / sum(exp(scores - max)). The same function (the max
@@ -316,7 +315,8 @@ class Layer(nn.Module):
             ctx = (ctx.astype(jnp.float32) / denominator).astype(self.dtype)
             ctx = ctx.transpose(0, 2, 1, 3)
         else:
-            probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=False)
+            probs = nn.Dropout(cfg.attention_probs_dropout_prob)(
+                jax.nn.softmax(scores, axis=-1), deterministic=False)
             if head_mask is not None:  # [heads], multiplies post-dropout probabilities
                 probs = probs * head_mask.astype(probs.dtype)[None, :, None, None]
             ctx = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(self.dtype), v)
