@@ -5,9 +5,12 @@ one) against ``exp(s - max) @ v / sum(exp(s - max))``, the normalisation moved a
 product (the model's formulation since). Same function; the second divides a
 ``[batch, heads, q, head_dim]`` tensor instead of ``[batch, heads, q, k]``. For each
 shape, batch size and width (heads kept), both are jitted, checked to agree, and timed
-alternately: the forward alone and forward + backward of ``sum(out^2)``.
+alternately: the forward alone and forward + backward of ``sum(out^2)``. ``--dropout``
+puts the same dropout mask on the probabilities (softmax first) or the exponentials
+(normalise after), as training does.
 
     python bench/attention_core.py                 # MiniLM and BERT-base, batch 1 and 32
+    python bench/attention_core.py --dropout 0.1   # the same with training's dropout
     python bench/attention_core.py --whole-model afd75ba   # + the whole forward, per shape,
                                                            #   against modeling.py of afd75ba
 
@@ -24,6 +27,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+from functools import partial
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -40,21 +44,32 @@ SHAPES = {"minilm": (12, 32), "bert-base": (12, 64)}
 MODELS = {"minilm": (384, 6, 12, 1536), "bert-base": (768, 12, 12, 3072)}
 
 
-def softmax_first(q, k, v, mask_bias):
+def dropout(x, rate: float):
+    """Inverted dropout with a fixed key (as flax's ``nn.Dropout``); identity at rate 0."""
+    import jax
+    import jax.numpy as jnp
+
+    if rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(jax.random.PRNGKey(0), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def softmax_first(q, k, v, mask_bias, rate=0.0):
     import jax
     import jax.numpy as jnp
 
     s = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1]) + mask_bias
-    return jnp.einsum("bhqk,bhkd->bqhd", jax.nn.softmax(s, axis=-1), v)
+    return jnp.einsum("bhqk,bhkd->bqhd", dropout(jax.nn.softmax(s, axis=-1), rate), v)
 
 
-def normalise_after(q, k, v, mask_bias):
+def normalise_after(q, k, v, mask_bias, rate=0.0):
     import jax
     import jax.numpy as jnp
 
     s = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1]) + mask_bias
     e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
-    ctx = jnp.einsum("bhqk,bhkd->bhqd", e, v) / jnp.sum(e, axis=-1)[..., None]
+    ctx = jnp.einsum("bhqk,bhkd->bhqd", dropout(e, rate), v) / jnp.sum(e, axis=-1)[..., None]
     return ctx.transpose(0, 2, 1, 3)
 
 
@@ -117,6 +132,9 @@ def main():
     ap.add_argument("--widths", default="1,0.5,0.25")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="dropout on the attention probabilities, as in training (the "
+                         "same mask for both forms; the trainer's unrolled Threefry)")
     ap.add_argument("--whole-model", metavar="REV", default="",
                     help="also time the whole forward against modeling.py at this git revision")
     ap.add_argument("--out", default="runs/bench/attention_core.json")
@@ -125,6 +143,9 @@ def main():
     import jax
     import jax.numpy as jnp
 
+    from dynabert_jax.cpu_rng import unroll_threefry_on_cpu
+
+    unroll_threefry_on_cpu()   # as the trainer does
     out, header = run_header(args.out)
     rng = np.random.default_rng(0)
     rows = []
@@ -142,9 +163,9 @@ def main():
                 fns = {}
                 for name, f in (("softmax_first", softmax_first),
                                 ("normalise_after", normalise_after)):
-                    fns[name] = jax.jit(f)
+                    fns[name] = jax.jit(partial(f, rate=args.dropout))
                     fns[name + "_grad"] = jax.jit(jax.grad(
-                        lambda q, k, v, f=f: jnp.sum(f(q, k, v, mask_bias) ** 2),
+                        lambda q, k, v, f=f: jnp.sum(f(q, k, v, mask_bias, args.dropout) ** 2),
                         argnums=(0, 1, 2)))
                 a = fns["softmax_first"](q, k, v, mask_bias)
                 b = fns["normalise_after"](q, k, v, mask_bias)
@@ -174,8 +195,8 @@ def main():
                       f"forward+backward {t['bwd_first'] / 1e3:.2f} -> "
                       f"{t['bwd_after'] / 1e3:.2f} ms", flush=True)
 
-    lines = [f"**The attention core (one layer, seq {args.seq}): softmax first vs "
-             f"normalise after the product**", "",
+    lines = [f"**The attention core (one layer, seq {args.seq}, attention dropout "
+             f"{args.dropout:g}): softmax first vs normalise after the product**", "",
              "| shape | batch | width | forward: softmax first / normalise after (ms) "
              "| ratio | forward + backward (ms) | ratio |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -199,7 +220,8 @@ def main():
                          f"| {r['before_ms']:.1f} | {r['now_ms']:.1f} | "
                          f"{r['now_ms'] / r['before_ms']:.2f} |")
     print("\n" + "\n".join(lines))
-    write_atomic(out, dict(header, rounds=args.rounds, calls=args.calls, rows=rows,
+    write_atomic(out, dict(header, rounds=args.rounds, calls=args.calls,
+                           dropout=args.dropout, rows=rows,
                            whole_model=models, whole_model_rev=args.whole_model,
                            markdown="\n".join(lines)))
     print(f"\nwritten {out}")
