@@ -13,10 +13,14 @@ puts the same dropout mask on the probabilities (softmax first) or the exponenti
     python bench/attention_core.py --dropout 0.1   # the same with training's dropout
     python bench/attention_core.py --whole-model afd75ba   # + the whole forward, per shape,
                                                            #   against modeling.py of afd75ba
+    python bench/attention_core.py --dtype bfloat16 --batch-sizes 32,128   # on a GPU
 
 With ``--whole-model REV`` the script also loads ``dynabert_jax/modeling.py`` as it was at
-git revision ``REV`` and times the inference forward of the whole model (random weights,
-the same parameters) with it and with today's, alternating, for a few (width, depth).
+git revision ``REV`` (or from a file, ``--whole-model path/to/modeling.py``, for a machine
+without the git history) and times the inference forward of the whole model (random
+weights, the same parameters) with it and with today's, alternating, for a few (width,
+depth). ``--dtype bfloat16`` runs both the same way the model does in bfloat16: products
+in bfloat16, softmax and normalisation in float32.
 
 Prints markdown tables and writes JSON (default runs/bench/attention_core.json).
 """
@@ -55,28 +59,46 @@ def dropout(x, rate: float):
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def _scores(q, k, mask_bias):
+    """float32 scores from products in the inputs' dtype, as the model computes them."""
+    import jax.numpy as jnp
+
+    s = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
+    return s / math.sqrt(q.shape[-1]) + mask_bias
+
+
 def softmax_first(q, k, v, mask_bias, rate=0.0):
     import jax
     import jax.numpy as jnp
 
-    s = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1]) + mask_bias
-    return jnp.einsum("bhqk,bhkd->bqhd", dropout(jax.nn.softmax(s, axis=-1), rate), v)
+    p = dropout(jax.nn.softmax(_scores(q, k, mask_bias), axis=-1), rate)
+    return jnp.einsum("bhqk,bhkd->bqhd", p.astype(v.dtype), v)
 
 
 def normalise_after(q, k, v, mask_bias, rate=0.0):
     import jax
     import jax.numpy as jnp
 
-    s = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1]) + mask_bias
+    s = _scores(q, k, mask_bias)
     e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
-    ctx = jnp.einsum("bhqk,bhkd->bhqd", dropout(e, rate), v) / jnp.sum(e, axis=-1)[..., None]
+    ctx = jnp.einsum("bhqk,bhkd->bhqd", dropout(e, rate).astype(v.dtype), v)
+    ctx = (ctx.astype(jnp.float32) / jnp.sum(e, axis=-1)[..., None]).astype(v.dtype)
     return ctx.transpose(0, 2, 1, 3)
 
 
+def _tolerance(dtype: str) -> float:
+    """Largest difference accepted between the two forms' outputs."""
+    return 1e-4 if dtype == "float32" else 5e-2
+
+
 def modeling_at(rev: str):
-    """``dynabert_jax/modeling.py`` as it was at git revision ``rev``, as a module."""
-    src = subprocess.run(["git", "show", f"{rev}:dynabert_jax/modeling.py"], check=True,
-                         capture_output=True, text=True, cwd=HERE.parent).stdout
+    """``dynabert_jax/modeling.py`` as it was at git revision ``rev`` (or the file at
+    path ``rev``), as a module."""
+    if pathlib.Path(rev).is_file():
+        src = pathlib.Path(rev).read_text()
+    else:
+        src = subprocess.run(["git", "show", f"{rev}:dynabert_jax/modeling.py"], check=True,
+                             capture_output=True, text=True, cwd=HERE.parent).stdout
     path = pathlib.Path(tempfile.mkdtemp()) / "modeling_before.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("modeling_before", path)
@@ -86,7 +108,7 @@ def modeling_at(rev: str):
     return module
 
 
-def whole_model(rev, shapes, batch_sizes, seq, rounds, calls, rng):
+def whole_model(rev, shapes, batch_sizes, seq, rounds, calls, rng, dtype="float32"):
     """The inference forward with ``modeling.py`` at ``rev`` and today's, alternating."""
     import jax
     import jax.numpy as jnp
@@ -101,8 +123,8 @@ def whole_model(rev, shapes, batch_sizes, seq, rounds, calls, rng):
         hidden, layers, heads, ffn = MODELS[shape]
         kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   intermediate_size=ffn, head="classification")
-        now_model = modeling.DynaBertModel(modeling.ModelConfig(**kw))
-        old_model = before.DynaBertModel(before.ModelConfig(**kw))
+        now_model = modeling.DynaBertModel(modeling.ModelConfig(**kw), dtype=dtype)
+        old_model = before.DynaBertModel(before.ModelConfig(**kw), dtype=dtype)
         params = dj.init_params(now_model)
         for batch in batch_sizes:
             ids = jnp.asarray(rng.integers(1000, 30000, (batch, seq)), jnp.int32)
@@ -113,7 +135,7 @@ def whole_model(rev, shapes, batch_sizes, seq, rounds, calls, rng):
                     deterministic=True).logits)
                     for name, m in (("before", old_model), ("now", now_model))}
                 diff = float(jnp.max(jnp.abs(fns["before"](params) - fns["now"](params))))
-                assert diff < 1e-4, diff
+                assert diff < _tolerance(dtype), diff
                 t = side_by_side({k: lambda f=f: f(params).block_until_ready()
                                   for k, f in fns.items()}, rounds, calls)
                 rows.append(dict(shape=shape, batch=batch, width=width, depth=depth,
@@ -137,6 +159,8 @@ def main():
                          "same mask for both forms; the trainer's unrolled Threefry)")
     ap.add_argument("--whole-model", metavar="REV", default="",
                     help="also time the whole forward against modeling.py at this git revision")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="dtype of the products (softmax and normalisation stay float32)")
     ap.add_argument("--out", default="runs/bench/attention_core.json")
     args = ap.parse_args()
 
@@ -155,7 +179,7 @@ def main():
             for width in map(float, args.widths.split(",")):
                 heads = int(heads_full * width)
                 q, k, v = (jnp.asarray(rng.standard_normal((batch, heads, args.seq, d)),
-                                       jnp.float32) for _ in range(3))
+                                       args.dtype) for _ in range(3))
                 # a quarter of the sequences padded from the middle on, as in a batch
                 mask = np.ones((batch, args.seq), np.float32)
                 mask[: max(batch // 4, 1), args.seq // 2:] = 0
@@ -169,11 +193,12 @@ def main():
                         argnums=(0, 1, 2)))
                 a = fns["softmax_first"](q, k, v, mask_bias)
                 b = fns["normalise_after"](q, k, v, mask_bias)
-                diff = float(jnp.max(jnp.abs(a - b)))
-                assert diff < 1e-4, diff
+                diff = float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+                assert diff < _tolerance(args.dtype), diff
                 ga = fns["softmax_first_grad"](q, k, v)
                 gb = fns["normalise_after_grad"](q, k, v)
-                gdiff = max(float(jnp.max(jnp.abs(x - y)) / jnp.max(jnp.abs(x)))
+                gdiff = max(float(jnp.max(jnp.abs(x.astype(jnp.float32) - y)) /
+                                  jnp.max(jnp.abs(x.astype(jnp.float32))))
                             for x, y in zip(ga, gb))
                 t = side_by_side({
                     "fwd_first": lambda: fns["softmax_first"](q, k, v, mask_bias)
@@ -185,7 +210,7 @@ def main():
                     "bwd_after": lambda: jax.block_until_ready(
                         fns["normalise_after_grad"](q, k, v)),
                 }, args.rounds, args.calls)
-                row = dict(shape=shape, batch=batch, width=width, heads=heads,
+                row = dict(shape=shape, batch=batch, width=width, heads=heads, dtype=args.dtype,
                            head_dim=d, seq=args.seq, max_abs_diff=diff,
                            grad_max_rel_diff=gdiff,
                            **{k + "_us": val for k, val in t.items()})
@@ -195,8 +220,9 @@ def main():
                       f"forward+backward {t['bwd_first'] / 1e3:.2f} -> "
                       f"{t['bwd_after'] / 1e3:.2f} ms", flush=True)
 
-    lines = [f"**The attention core (one layer, seq {args.seq}, attention dropout "
-             f"{args.dropout:g}): softmax first vs normalise after the product**", "",
+    lines = [f"**The attention core (one layer, seq {args.seq}, {args.dtype}, attention "
+             f"dropout {args.dropout:g}, {jax.devices()[0].device_kind}): softmax first vs "
+             f"normalise after the product**", "",
              "| shape | batch | width | forward: softmax first / normalise after (ms) "
              "| ratio | forward + backward (ms) | ratio |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -210,9 +236,9 @@ def main():
     if args.whole_model:
         models = whole_model(args.whole_model, args.shapes.split(","),
                              list(map(int, args.batch_sizes.split(","))), args.seq,
-                             args.rounds, args.calls, rng)
-        lines += ["", f"**The whole inference forward: modeling.py at {args.whole_model} "
-                  f"vs today's**", "",
+                             args.rounds, args.calls, rng, args.dtype)
+        lines += ["", f"**The whole inference forward ({args.dtype}): modeling.py at "
+                  f"{args.whole_model} vs today's**", "",
                   "| shape | batch | width | depth | before (ms) | now (ms) | now / before |",
                   "|---|---|---|---|---|---|---|"]
         for r in models:
@@ -221,7 +247,7 @@ def main():
                          f"{r['now_ms'] / r['before_ms']:.2f} |")
     print("\n" + "\n".join(lines))
     write_atomic(out, dict(header, rounds=args.rounds, calls=args.calls,
-                           dropout=args.dropout, rows=rows,
+                           dropout=args.dropout, dtype=args.dtype, rows=rows,
                            whole_model=models, whole_model_rev=args.whole_model,
                            markdown="\n".join(lines)))
     print(f"\nwritten {out}")

