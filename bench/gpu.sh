@@ -14,6 +14,8 @@
 #   bash bench/gpu.sh OUTDIR train-fp32              # IEEE float32, both shapes, stages 1/2
 #   bash bench/gpu.sh OUTDIR mfu-dropout             # stage 1 at batch 128 without dropout,
 #                                                    # ours only: dropout's share of a step
+#   bash bench/gpu.sh OUTDIR mfu-rbg                 # the same with dropout's bits from XLA's
+#                                                    # RngBitGenerator (config.dropout_prng=rbg)
 #   bash bench/gpu.sh OUTDIR attention               # the attention core both ways (softmax
 #                                                    # first / normalise after), fp32 and bf16,
 #                                                    # batch 32 and 128, and the whole forward
@@ -107,6 +109,9 @@ case $part in
   mfu-dropout)
     train bf16-bert-b128-nodropout "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
       --dropout 0 --frameworks jax ;;
+  mfu-rbg)
+    train bf16-bert-b128-rbg "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
+      --dropout-prng rbg --frameworks jax ;;
   attention)
     for dt in float32 bfloat16; do
       "$py" bench/attention_core.py --dtype $dt --batch-sizes 32,128 \

@@ -90,7 +90,7 @@ def students_of(dj, stage: str):
 
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
                warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
-               dropout: float = 0.1) -> dict:
+               dropout: float = 0.1, dropout_prng: str = "threefry2x32") -> dict:
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
@@ -114,7 +114,7 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     tx, _ = steps.make_optimizer(2e-5, 1000)
     state = jax.jit(lambda p: steps.init_state(p, tx))(params)
     b = {k: jnp.asarray(v) for k, v in random_batch(batch, seq, cfg.vocab_size).items()}
-    rng = jax.random.PRNGKey(0)
+    rng = steps.dropout_key(0, dropout_prng)   # as the trainer (config.dropout_prng)
 
     t0 = time.perf_counter()
     compiled = jax.jit(steps.make_train_step(model, students, spec, tx),
@@ -140,7 +140,7 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     out = {"framework": "jax", "device": f"{dev.device_kind} ({jax.default_backend()})",
            "shape": shape, "stage": stage, "students": len(students), "batch": batch,
            "seq": seq, "dtype": dtype, "jax_matmul_precision": precision,
-           "dropout": dropout,
+           "dropout": dropout, "dropout_prng": dropout_prng,
            "unrolled_threefry": unroll_threefry,
            "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
            "step_times_s": [round(t, 4) for t in times], "median_step_s": med,
@@ -312,6 +312,10 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.1,
                     help="hidden and attention dropout of both (0: no random bits are "
                          "drawn; to measure dropout's share of a step)")
+    ap.add_argument("--dropout-prng", default="threefry2x32",
+                    choices=("threefry2x32", "rbg", "unsafe_rbg"),
+                    help="how our step draws dropout's bits (config.dropout_prng); "
+                         "PyTorch keeps its own generator")
     ap.add_argument("--parity", default="all", choices=("all", "first", "none"),
                     help="check the PyTorch reference against ours on all / the first "
                          "/ no shape")
@@ -334,7 +338,8 @@ def main():
     if args.worker:
         res = jax_worker(args.shape, args.stage, args.batch, args.seq, int(args.steps),
                          args.warmup, unroll_threefry=not args.rolled_threefry,
-                         dtype=args.dtype, dropout=args.dropout)
+                         dtype=args.dtype, dropout=args.dropout,
+                         dropout_prng=args.dropout_prng)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -357,7 +362,7 @@ def main():
         "versions": versions(), "batch": args.batch, "seq": args.seq,
         "steps": steps_of, "warmup": args.warmup, "torch_threads": args.threads,
         "dtype": args.dtype, "torch_device": args.torch_device, "dropout": args.dropout,
-        "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,
+        "dropout_prng": args.dropout_prng, "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,
         "parity": {}, "rows": [], "complete": False}
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
@@ -373,7 +378,8 @@ def main():
     py = sys.executable
     common = ["--batch", args.batch, "--seq", args.seq, "--warmup", args.warmup,
               "--dtype", args.dtype, "--dropout", args.dropout]
-    jax_flags = ["--rolled-threefry"] if args.rolled_threefry else []
+    jax_flags = (["--rolled-threefry"] if args.rolled_threefry else []) + [
+        "--dropout-prng", args.dropout_prng]
     for i, shape in enumerate(shapes):
         if "torch" in frameworks and (args.parity == "all"
                                       or (args.parity == "first" and i == 0)):

@@ -109,6 +109,10 @@ def get_config():
     # Lower dropout's Threefry hash unrolled on CPU (same random bits, several times
     # faster, longer compiles): dynabert_jax/cpu_rng.py, bench/dropout_rng.py.
     c.cpu_unrolled_threefry = True
+    # Dropout's random bits: threefry2x32 (JAX's default; the same bits on every
+    # backend) | rbg | unsafe_rbg (XLA's RngBitGenerator: cheaper on GPU/TPU, bits
+    # depend on the backend and JAX version). dynabert_jax/steps.py, DROPOUT_PRNGS.
+    c.dropout_prng = "threefry2x32"
     # A folder for JAX's persistent compilation cache ("" = off). A multi-student step
     # compiles for 0.5-4 min (longest on GPUs, which autotune every matmul shape); with
     # the cache a resumed run, a rerun or a sweep point of the same shapes loads it.

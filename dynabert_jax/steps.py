@@ -33,6 +33,26 @@ from dynabert_jax.subnet import FULL, SubNet
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
+# How dropout's random bits are made (``config.dropout_prng``). ``threefry2x32`` is
+# JAX's default counter-based hash: the same bits on every backend and sharding, and
+# what every run so far used. ``rbg`` and ``unsafe_rbg`` draw the bits with XLA's
+# RngBitGenerator, a hardware-friendly generator that is cheaper on GPU and TPU; their
+# bits depend on the backend and may change between JAX/XLA versions (a run resumes
+# exactly on the same machine and versions only), and ``unsafe_rbg`` also derives keys
+# with it (split/fold_in not empirically tested). See ``jax.random``'s docs.
+DROPOUT_PRNGS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def dropout_key(seed: int, impl: str = "threefry2x32") -> jax.Array:
+    """The root key for dropout. ``threefry2x32``: a raw ``uint32[2]`` key, as before;
+    otherwise a typed key of ``impl`` (``split``/``fold_in`` keep its implementation)."""
+    if impl not in DROPOUT_PRNGS:
+        raise ValueError(f"unknown dropout PRNG {impl!r} (config.dropout_prng); choose "
+                         f"one of {DROPOUT_PRNGS}")
+    if impl == "threefry2x32":
+        return jax.random.PRNGKey(seed)
+    return jax.random.key(seed, impl=impl)
+
 
 @flax.struct.dataclass
 class TrainState:

@@ -364,7 +364,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
     example = {k: ctx.train[k][:bs] for k in batch_keys}
     batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), STAGES.index(stage))
+    root = steps.dropout_key(config.seed, config.get("dropout_prng", "threefry2x32"))
+    rng = jax.random.fold_in(root, STAGES.index(stage))
     seq = example["input_ids"].shape[1]
 
     def compile_step(step_students, length=seq):
@@ -710,6 +711,7 @@ def train_and_evaluate(config, workdir):
     """Run the stage(s) of ``config.stage`` in ``workdir``; returns the last stage's
     result (the grid record for width/width_depth/final/eval)."""
     stages = stages_to_run(config)   # a bad stage name fails before any data loads
+    steps.dropout_key(0, config.get("dropout_prng", "threefry2x32"))   # and a bad PRNG name
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")

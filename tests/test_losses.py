@@ -235,3 +235,26 @@ def test_trimmed_batch_gives_the_same_step_when_padding_is_masked(mask_padding):
                                s_cut.params, s_full.params)
     else:
         assert not np.allclose(m_cut["losses"], m_full["losses"], rtol=1e-3)
+
+
+def test_dropout_prng_choice_keeps_the_step_deterministic():
+    """config.dropout_prng: threefry2x32 keeps the raw key of every earlier run; rbg and
+    unsafe_rbg (XLA's RngBitGenerator, for GPU/TPU) run the multi-student step with a
+    typed key, repeat exactly, and drop other units than Threefry; a typo is an error."""
+    model, student = _tiny(dropout=0.1)
+    _, teacher = _tiny(seed=2)
+    tx, _ = steps.make_optimizer(1e-3, 10)
+    fn = jax.jit(steps.make_train_step(model, dj.grid((1.0, 0.5), (1.0, 0.5)),
+                                       steps.LossSpec("distill", 1.0, 1.0), tx))
+    assert np.array_equal(steps.dropout_key(3), jax.random.PRNGKey(3))
+    losses_by = {}
+    for impl in steps.DROPOUT_PRNGS:
+        key = steps.dropout_key(3, impl)
+        runs = [fn(steps.init_state(student, tx), teacher, _batch(), key)[1]["losses"]
+                for _ in range(2)]
+        np.testing.assert_array_equal(runs[0], runs[1])
+        assert np.all(np.isfinite(runs[0]))
+        losses_by[impl] = np.asarray(runs[0])
+    assert not np.allclose(losses_by["rbg"], losses_by["threefry2x32"], rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown dropout PRNG 'philox'.*config.dropout_prng"):
+        steps.dropout_key(0, "philox")

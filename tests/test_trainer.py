@@ -192,6 +192,20 @@ def test_trimmed_grouped_batches_train_and_bad_options_are_errors(tiny_bert_dir,
         trainer.stages_to_run(bad)
 
 
+def test_rbg_dropout_prng_trains_through_the_sharded_step(tiny_bert_dir, tmp_path):
+    """config.dropout_prng=rbg: the typed key goes through the jitted, sharded step of
+    the trainer; a bad name fails before any data loads."""
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher", dropout_prng="rbg")
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    logged = [json.loads(line) for line in
+              (tmp_path / "run" / "teacher" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
+    bad = tiny_train_config(tiny_bert_dir, tmp_path, dropout_prng="rgb")
+    with pytest.raises(ValueError, match="unknown dropout PRNG 'rgb'"):
+        trainer.train_and_evaluate(bad, tmp_path / "bad")
+
+
 def test_compilation_cache_is_filled_then_reused_with_the_same_results(tiny_bert_dir,
                                                                         tmp_path):
     """config.compilation_cache_dir: the first run stores its executables; a second run
