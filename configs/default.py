@@ -58,6 +58,11 @@ def get_config():
     c.data.max_seq_length = 128
     c.data.train_size = 0     # > 0: a fixed random subset of the training set
     c.data.dev_size = 0       # > 0: a fixed random subset of the dev set
+    # The paper's data augmentation: a file laid out as the task's train.tsv (TinyBERT's
+    # train_aug.tsv, or the official *_aug_with_logits.tsv) whose rows follow the
+    # training set in DynaBERT_W and DynaBERT only (the official --data_aug).
+    c.data.augmented_train = ""
+    c.data.augmented_size = 0  # > 0: a fixed random subset of the augmented file
     # Speed options for training batches (off = official: every batch max_seq_length).
     # pad_to_multiple_of > 0: cut each batch to the smallest multiple of it that holds
     # its longest example. group_by_length: put examples of similar length in the same

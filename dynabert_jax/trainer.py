@@ -59,6 +59,7 @@ STAGES = ("teacher", "rewire", "width", "width_depth", "final", "eval", "direct"
 BASELINES = ("direct", "no_rewire")
 CHAIN = ("teacher", "rewire", "width", "width_depth", "final")
 _TRAINED = ("teacher", "width", "width_depth", "final")
+AUGMENTED_STAGES = ("width", "width_depth")   # config.data.augmented_train adds to these
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -200,6 +201,7 @@ class Context:
     squad_dev: Any = None                     # (examples, features) for SQuAD eval
     teacher: Any = None                       # the fine-tuned teacher, once loaded
     sizes: Dict[str, Any] = dataclasses.field(default_factory=dict)  # examples per split
+    augmented: Optional[Dict[str, np.ndarray]] = None   # config.data.augmented_train
 
     @classmethod
     def create(cls, config, workdir) -> "Context":
@@ -211,7 +213,11 @@ class Context:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
         seq = config.data.max_seq_length
         squad_dev, sizes = None, {}   # sizes: examples used (and available) per split
+        augmented = None
         if config.task == "squad":
+            if config.data.augmented_train:
+                raise ValueError("config.data.augmented_train is for GLUE tasks; SQuAD "
+                                 "has no augmented training file format")
             task = SquadTask()
             train, squad_dev = (_squad_split(config, tokenizer, which)
                                 for which in ("train", "dev"))
@@ -226,24 +232,40 @@ class Context:
                 pathlib.Path("~/.cache/dynabert_jax/tokenized").expanduser())
 
             def arrays(split, size):
-                full = data.load_glue(task.name, data_dir, split=split)
+                if split == "augmented":
+                    full = data.load_glue_augmented(task, config.data.augmented_train)
+                else:
+                    full = data.load_glue(task.name, data_dir, split=split)
                 ds = _subset(full, size, config.seed)
                 sizes[split] = {"used": len(ds), "available": len(full)}
                 return data.tokenize_dataset(ds, tokenizer, task, seq, cache_dir=cache)
 
             train = arrays("train", config.data.train_size)
             dev = {s: arrays(s, config.data.dev_size) for s in task.eval_splits}
+            if config.data.augmented_train:
+                augmented = arrays("augmented", config.data.augmented_size)
         head = head_for(task)
         hf = read_hf_config(pretrained)
         model_config = config_from_hf(hf, head=head, num_labels=task.num_labels,
                                       **model_overrides(config))
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
         mesh = sharding.make_mesh(config.mesh.num_devices or None)
-        log.info("task %s: %d train, %s dev examples; mesh of %d %s device(s)", task.name,
-                 data.num_examples(train), {k: data.num_examples(v) for k, v in dev.items()},
+        log.info("task %s: %d train%s, %s dev examples; mesh of %d %s device(s)", task.name,
+                 data.num_examples(train), "" if augmented is None else
+                 f" (+{data.num_examples(augmented)} augmented, for DynaBERT_W and DynaBERT)",
+                 {k: data.num_examples(v) for k, v in dev.items()},
                  mesh.size, jax.devices()[0].platform)
         return cls(config, workdir, task, tokenizer, DynaBertModel(model_config, dtype),
-                   pretrained, train, dev, mesh, squad_dev, sizes=sizes)
+                   pretrained, train, dev, mesh, squad_dev, sizes=sizes, augmented=augmented)
+
+    def train_arrays(self, stage: str) -> Dict[str, np.ndarray]:
+        """The training set of ``stage``. The distillation stages (DynaBERT_W and
+        DynaBERT, also as the ``no_rewire`` baseline) train on the training set followed
+        by the augmented examples, as the official ``--data_aug``; the teacher, the direct
+        baselines and final fine-tuning on the training set alone (spec 4.3-4.5)."""
+        if self.augmented is None or stage not in AUGMENTED_STAGES:
+            return self.train
+        return {k: np.concatenate([self.train[k], self.augmented[k]]) for k in self.train}
 
     def dev_batches(self, batch_size: int):
         for split in self.task.eval_splits:
@@ -321,7 +343,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     mesh = ctx.mesh
     bs = scfg.batch_size
     sharding.check_batch_size(bs, mesh)
-    n_train = data.num_examples(ctx.train)
+    train = ctx.train_arrays(stage)
+    n_train = data.num_examples(train)
     spe = data.steps_per_epoch(n_train, bs)
     if spe == 0:
         raise ValueError(f"{n_train} training examples make no batch of {bs}")
@@ -362,7 +385,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                  store.directory / "latest")
 
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
-    example = {k: ctx.train[k][:bs] for k in batch_keys}
+    example = {k: train[k][:bs] for k in batch_keys}
     batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
     root = steps.dropout_key(config.seed, config.get("dropout_prng", "threefry2x32"))
     rng = jax.random.fold_in(root, STAGES.index(stage))
@@ -394,9 +417,9 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
 
     evaluator = Evaluator(ctx, config.eval_batch_size)
     multiple = config.data.pad_to_multiple_of
-    lengths = (data.row_lengths(ctx.train["attention_mask"])
+    lengths = (data.row_lengths(train["attention_mask"])
                if config.data.group_by_length else None)
-    stream = data.train_stream(ctx.train, bs, config.seed, start_global_step=start,
+    stream = data.train_stream(train, bs, config.seed, start_global_step=start,
                                num_steps=total - start, keys=batch_keys, lengths=lengths)
 
     def host_batch(b):   # on the prefetch thread: trim (global batch), then this process's rows

@@ -235,6 +235,51 @@ def test_crlf_and_empty_sentences(tmp_path):
     assert list(ds["label"]) == [0, 1]
 
 
+def test_augmented_file_reads_labels_or_teacher_logits(glue_dir, tmp_path):
+    """load_glue_augmented: the task's train.tsv layout; a label column with the task's
+    labels (TinyBERT's train_aug.tsv) or the teacher's logits (the official
+    *_aug_with_logits.tsv), whose class is the numeric argmax, not the official reader's
+    argmax over strings ("-0.5" > "-3.25" > "0.75" as strings)."""
+    head = "index\tsentence1\tsentence2\tlabel\n"
+    p = tmp_path / "train_aug.tsv"
+    p.write_text(head + "0\ta\tb\tnot_entailment\n1\ta b\tc\t-3.25 -0.5\n"
+                 "2\tx\ty\t0.75 -0.5\n3\tx\ty\t1e1 1e1\n", encoding="utf-8")
+    ds = data.load_glue_augmented("rte", p)
+    assert list(ds["label"]) == [1, 1, 0, 0]       # ties: the first maximum
+    assert list(ds["sentence1"]) == ["a", "a b", "x", "x"]
+    assert ds.features == data.load_glue("rte", glue_dir, "dev").features
+    # a file cut from the real training set reads as that set does
+    real = glue_dir / "SST-2" / "train.tsv"
+    q = tmp_path / "sst2_aug.tsv"
+    q.write_text("".join(real.read_text(encoding="utf-8").splitlines(keepends=True)[:50]),
+                 encoding="utf-8")
+    aug, full = data.load_glue_augmented("sst2", q), data.load_glue("sst2", glue_dir, "train")
+    assert aug["sentence"] == full["sentence"][:49] and aug["label"] == full["label"][:49]
+    # STS-B: the one number is the value, with no range check (a teacher may say 5.3)
+    cols = ["index", "genre", "filename", "year", "old_index", "source1", "source2",
+            "sentence1", "sentence2", "score"]
+    r = tmp_path / "stsb_aug.tsv"
+    r.write_text("\t".join(cols) + "\n" + "\t".join(["0", "g", "f", "y", "0", "n", "n",
+                                                      "a", "b", "5.3"]) + "\n", encoding="utf-8")
+    assert data.load_glue_augmented("stsb", r)["label"] == [pytest.approx(5.3)]
+
+
+@pytest.mark.parametrize("label", ["0.1", "0.1 0.2 0.3", "0.1 nan", "yes no", "entails"])
+def test_augmented_file_bad_label_names_file_and_line(tmp_path, label):
+    p = tmp_path / "train_aug.tsv"
+    p.write_text(f"index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n"
+                 f"1\ta\tb\t{label}\n", encoding="utf-8")
+    with pytest.raises(data.DataFormatError, match=f"{p}:3: label .* is neither one of the "
+                       r"labels \['entailment', 'not_entailment'\] of task rte nor 2"):
+        data.load_glue_augmented("rte", p)
+    with pytest.raises(FileNotFoundError, match="augmented rte training file not found"):
+        data.load_glue_augmented("rte", tmp_path / "missing.tsv")
+    # the training set itself still takes only its labels
+    _write(tmp_path, "RTE", "train", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\t0.1 0.2\n")
+    with pytest.raises(data.DataFormatError, match="is not in the label set"):
+        data.load_glue("rte", tmp_path, "train")
+
+
 def test_from_hub_dataset_maps_labels_by_name():
     import datasets
 

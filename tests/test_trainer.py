@@ -232,3 +232,37 @@ def test_compilation_cache_is_filled_then_reused_with_the_same_results(tiny_bert
         jax.config.update("jax_compilation_cache_dir", old[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
         compilation_cache.reset_cache()
+
+
+def test_augmented_file_feeds_the_distillation_stages_only(tiny_bert_dir, glue_dir, tmp_path):
+    """config.data.augmented_train: DynaBERT_W trains on the training set followed by the
+    augmented rows (the official --data_aug), the teacher on the training set alone; the
+    subset and both sizes go to data.json."""
+    rows = (glue_dir / "SST-2" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    aug = tmp_path / "train_aug.tsv"   # 24 real sentences with teacher logits as labels
+    aug.write_text("sentence\tlabel\n" + "".join(
+        f"{r.split(chr(9))[0]}\t{0.5 - i % 2} {i % 3 - 1.0}\n"
+        for i, r in enumerate(rows[1000:1024])), encoding="utf-8")
+    over = {"data.train_size": 16, "data.augmented_train": str(aug),
+            "data.augmented_size": 16}
+    for stage in ("teacher", "width"):
+        over.update({f"{stage}.max_steps": 0, f"{stage}.num_epochs": 1.0})
+    run = tmp_path / "run"
+    for stage in ("teacher", "rewire", "width"):
+        c = tiny_train_config(tiny_bert_dir, tmp_path, stage=stage, **over)
+        trainer.train_and_evaluate(c, run)
+    steps_of = {s: [json.loads(x)["step"] for x in (run / s / "metrics.jsonl").read_text()
+                    .splitlines() if "loss" in json.loads(x)] for s in ("teacher", "width")}
+    assert steps_of == {"teacher": [1, 2], "width": [1, 2, 3, 4]}   # batch 8: 16 vs 16 + 16
+    sizes = json.loads((run / "data.json").read_text())
+    assert sizes["train"]["used"] == 16
+    assert sizes["augmented"] == {"used": 16, "available": 24}
+
+    bad = tiny_train_config(tiny_bert_dir, tmp_path, stage="width",
+                            **{"data.augmented_train": str(tmp_path / "missing.tsv")})
+    with pytest.raises(FileNotFoundError, match="augmented sst2 training file not found"):
+        trainer.train_and_evaluate(bad, tmp_path / "bad")
+    squad = tiny_train_config(tiny_bert_dir, tmp_path, task="squad",
+                              **{"data.augmented_train": str(aug)})
+    with pytest.raises(ValueError, match="augmented_train is for GLUE tasks"):
+        trainer.train_and_evaluate(squad, tmp_path / "bad")

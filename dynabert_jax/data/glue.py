@@ -137,12 +137,36 @@ def _parse_label(path, lineno, raw: str, label_list, is_regression, label_range,
             f"{list(label_list)} of task {task_name}") from None
 
 
-def read_glue_tsv(path, task) -> Dict[str, list]:
+def _parse_augmented_label(path, lineno, raw: str, task: GlueTask):
+    """A label of an augmented file: the task's label (TinyBERT's ``train_aug.tsv`` copies
+    the original's), or the teacher's logits, space-separated (the official
+    ``train_<TASK>_aug_with_logits.tsv``): the class is their numeric argmax (the official
+    reader takes ``np.argmax`` of the strings, which orders ``"-0.5"`` above ``"0.3"``);
+    for a regression task the one number is the value, with no range check."""
+    if task.is_regression:
+        return _parse_label(path, lineno, raw, None, True, None, task.name)
+    if raw in task.label_list:
+        return task.label_list.index(raw)
+    try:
+        logits = [float(x) for x in raw.split()]
+    except ValueError:
+        logits = []
+    if len(logits) != len(task.label_list) or not all(map(math.isfinite, logits)):
+        raise DataFormatError(
+            f"{_where(path, lineno)}: label {raw!r} is neither one of the labels "
+            f"{list(task.label_list)} of task {task.name} nor {len(task.label_list)} "
+            f"space-separated finite teacher logits")
+    return max(range(len(logits)), key=logits.__getitem__)   # the first maximum
+
+
+def read_glue_tsv(path, task, teacher_logits: bool = False) -> Dict[str, list]:
     """Parse one GLUE TSV into columns ``{*task.text_columns, "label", "idx"}``.
 
     Args:
       path: the TSV file.
       task: a `GlueTask` or task name.
+      teacher_logits: also accept, in the label column, a teacher's logits as the
+        official augmented files hold them (see `load_glue_augmented`).
     Returns:
       dict of equal-length lists: text columns (str), ``label`` (int id or float),
       ``idx`` (0-based data-row number).
@@ -179,8 +203,11 @@ def read_glue_tsv(path, task) -> Dict[str, list]:
                 f"({fields_hint}), got {len(fields)}")
         for name, i in zip(task.text_columns, text_idx):
             cols[name].append(fields[i])
-        labels.append(_parse_label(path, lineno, fields[label_idx], task.label_list,
-                                   task.is_regression, task.label_range, task.name))
+        if teacher_logits:
+            labels.append(_parse_augmented_label(path, lineno, fields[label_idx], task))
+        else:
+            labels.append(_parse_label(path, lineno, fields[label_idx], task.label_list,
+                                       task.is_regression, task.label_range, task.name))
     if not labels:
         raise DataFormatError(f"{path}: no data rows"
                               + (" after the header" if task.has_header else ""))
@@ -221,8 +248,6 @@ def load_glue(task, data_dir=None, split: str = "train", source: str = "local"):
       FileNotFoundError: missing split file (message shows the expected layout).
       DataFormatError: malformed file (message names the file and line).
     """
-    import datasets
-
     t = get_task(task) if isinstance(task, str) else task
     split = resolve_split(t, split)
     if source == "hub":
@@ -236,13 +261,42 @@ def load_glue(task, data_dir=None, split: str = "train", source: str = "local"):
         missing = path if os.path.isdir(data_dir) else f"{data_dir} (no such directory)"
         raise FileNotFoundError(
             f"GLUE {t.name} {split} file not found: {missing}. {_layout_hint(data_dir, t)}")
-    cols = read_glue_tsv(path, t)
+    return _tsv_dataset(path, t, split)
+
+
+def _tsv_dataset(path, t: GlueTask, split: str, teacher_logits: bool = False):
+    import datasets
+
+    cols = read_glue_tsv(path, t, teacher_logits=teacher_logits)
     features = _features(t.text_columns, t.label_list, t.is_regression)
     info = datasets.DatasetInfo(
         description=json.dumps({"task": t.name, "split": split, "path": os.path.abspath(path),
                                 "sha256": file_sha256(path)}),
         features=features)
     return datasets.Dataset.from_dict(cols, features=features, info=info)
+
+
+def load_glue_augmented(task, path):
+    """Load an augmented training file of a GLUE task (the paper's data augmentation).
+
+    The layout is the task's ``train.tsv`` (the same columns, and a header line unless
+    the task is CoLA), as TinyBERT's ``data_augmentation.py`` writes ``train_aug.tsv``:
+    every training example followed by its variants. The label column may hold the
+    task's label or the teacher's logits, space-separated (the official
+    ``train_<TASK>_aug_with_logits.tsv``; the class is their argmax). The distillation
+    stages never read these labels; the optional label-loss variant does.
+
+    Returns:
+      Dataset with the columns of `load_glue`.
+    Raises:
+      FileNotFoundError: no such file.
+      DataFormatError: malformed file (message names the file and line).
+    """
+    t = get_task(task) if isinstance(task, str) else task
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"augmented {t.name} training file not found: {path}")
+    return _tsv_dataset(path, t, "train_augmented", teacher_logits=True)
 
 
 def from_hub_dataset(task, hub_ds):
