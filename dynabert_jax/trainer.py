@@ -201,7 +201,9 @@ class Context:
     squad_dev: Any = None                     # (examples, features) for SQuAD eval
     teacher: Any = None                       # the fine-tuned teacher, once loaded
     sizes: Dict[str, Any] = dataclasses.field(default_factory=dict)  # examples per split
-    augmented: Optional[Dict[str, np.ndarray]] = None   # config.data.augmented_train
+    # the training set followed by config.data.augmented_train's rows, when a stage to
+    # run trains on them (see train_arrays)
+    train_augmented: Optional[Dict[str, np.ndarray]] = None
 
     @classmethod
     def create(cls, config, workdir) -> "Context":
@@ -242,8 +244,10 @@ class Context:
 
             train = arrays("train", config.data.train_size)
             dev = {s: arrays(s, config.data.dev_size) for s in task.eval_splits}
-            if config.data.augmented_train:
+            if config.data.augmented_train and set(stages_to_run(config)) & {
+                    *AUGMENTED_STAGES, "no_rewire"}:
                 augmented = arrays("augmented", config.data.augmented_size)
+                augmented = {k: np.concatenate([train[k], augmented[k]]) for k in train}
         head = head_for(task)
         hf = read_hf_config(pretrained)
         model_config = config_from_hf(hf, head=head, num_labels=task.num_labels,
@@ -252,20 +256,21 @@ class Context:
         mesh = sharding.make_mesh(config.mesh.num_devices or None)
         log.info("task %s: %d train%s, %s dev examples; mesh of %d %s device(s)", task.name,
                  data.num_examples(train), "" if augmented is None else
-                 f" (+{data.num_examples(augmented)} augmented, for DynaBERT_W and DynaBERT)",
+                 f" (+{sizes['augmented']['used']} augmented, for DynaBERT_W and DynaBERT)",
                  {k: data.num_examples(v) for k, v in dev.items()},
                  mesh.size, jax.devices()[0].platform)
         return cls(config, workdir, task, tokenizer, DynaBertModel(model_config, dtype),
-                   pretrained, train, dev, mesh, squad_dev, sizes=sizes, augmented=augmented)
+                   pretrained, train, dev, mesh, squad_dev, sizes=sizes,
+                   train_augmented=augmented)
 
     def train_arrays(self, stage: str) -> Dict[str, np.ndarray]:
         """The training set of ``stage``. The distillation stages (DynaBERT_W and
         DynaBERT, also as the ``no_rewire`` baseline) train on the training set followed
         by the augmented examples, as the official ``--data_aug``; the teacher, the direct
         baselines and final fine-tuning on the training set alone (spec 4.3-4.5)."""
-        if self.augmented is None or stage not in AUGMENTED_STAGES:
+        if self.train_augmented is None or stage not in AUGMENTED_STAGES:
             return self.train
-        return {k: np.concatenate([self.train[k], self.augmented[k]]) for k in self.train}
+        return self.train_augmented
 
     def dev_batches(self, batch_size: int):
         for split in self.task.eval_splits:

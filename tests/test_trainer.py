@@ -236,8 +236,9 @@ def test_compilation_cache_is_filled_then_reused_with_the_same_results(tiny_bert
 
 def test_augmented_file_feeds_the_distillation_stages_only(tiny_bert_dir, glue_dir, tmp_path):
     """config.data.augmented_train: DynaBERT_W trains on the training set followed by the
-    augmented rows (the official --data_aug), the teacher on the training set alone; the
-    subset and both sizes go to data.json."""
+    augmented rows (the official --data_aug), the teacher on the training set alone (and
+    a run of the teacher alone does not read the file); the subset and both sizes go to
+    data.json."""
     rows = (glue_dir / "SST-2" / "train.tsv").read_text(encoding="utf-8").splitlines()
     aug = tmp_path / "train_aug.tsv"   # 24 real sentences with teacher logits as labels
     aug.write_text("sentence\tlabel\n" + "".join(
@@ -251,6 +252,8 @@ def test_augmented_file_feeds_the_distillation_stages_only(tiny_bert_dir, glue_d
     for stage in ("teacher", "rewire", "width"):
         c = tiny_train_config(tiny_bert_dir, tmp_path, stage=stage, **over)
         trainer.train_and_evaluate(c, run)
+        if stage == "teacher":   # a stage that does not train on the file does not load it
+            assert "augmented" not in json.loads((run / "data.json").read_text())
     steps_of = {s: [json.loads(x)["step"] for x in (run / s / "metrics.jsonl").read_text()
                     .splitlines() if "loss" in json.loads(x)] for s in ("teacher", "width")}
     assert steps_of == {"teacher": [1, 2], "width": [1, 2, 3, 4]}   # batch 8: 16 vs 16 + 16
