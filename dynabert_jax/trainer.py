@@ -60,6 +60,7 @@ BASELINES = ("direct", "no_rewire")
 CHAIN = ("teacher", "rewire", "width", "width_depth", "final")
 _TRAINED = ("teacher", "width", "width_depth", "final")
 AUGMENTED_STAGES = ("width", "width_depth")   # config.data.augmented_train adds to these
+_READS_AUGMENTED = (*AUGMENTED_STAGES, "no_rewire")   # no_rewire trains both of them
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -215,7 +216,7 @@ class Context:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
         seq = config.data.max_seq_length
         squad_dev, sizes = None, {}   # sizes: examples used (and available) per split
-        augmented = None
+        train_augmented = None
         if config.task == "squad":
             if config.data.augmented_train:
                 raise ValueError("config.data.augmented_train is for GLUE tasks; SQuAD "
@@ -244,10 +245,10 @@ class Context:
 
             train = arrays("train", config.data.train_size)
             dev = {s: arrays(s, config.data.dev_size) for s in task.eval_splits}
-            if config.data.augmented_train and set(stages_to_run(config)) & {
-                    *AUGMENTED_STAGES, "no_rewire"}:
-                augmented = arrays("augmented", config.data.augmented_size)
-                augmented = {k: np.concatenate([train[k], augmented[k]]) for k in train}
+            if config.data.augmented_train and set(stages_to_run(config)) & set(
+                    _READS_AUGMENTED):
+                extra = arrays("augmented", config.data.augmented_size)
+                train_augmented = {k: np.concatenate([train[k], extra[k]]) for k in train}
         head = head_for(task)
         hf = read_hf_config(pretrained)
         model_config = config_from_hf(hf, head=head, num_labels=task.num_labels,
@@ -255,22 +256,22 @@ class Context:
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
         mesh = sharding.make_mesh(config.mesh.num_devices or None)
         log.info("task %s: %d train%s, %s dev examples; mesh of %d %s device(s)", task.name,
-                 data.num_examples(train), "" if augmented is None else
+                 data.num_examples(train), "" if train_augmented is None else
                  f" (+{sizes['augmented']['used']} augmented, for DynaBERT_W and DynaBERT)",
                  {k: data.num_examples(v) for k, v in dev.items()},
                  mesh.size, jax.devices()[0].platform)
         return cls(config, workdir, task, tokenizer, DynaBertModel(model_config, dtype),
                    pretrained, train, dev, mesh, squad_dev, sizes=sizes,
-                   train_augmented=augmented)
+                   train_augmented=train_augmented)
 
     def train_arrays(self, stage: str) -> Dict[str, np.ndarray]:
         """The training set of ``stage``. The distillation stages (DynaBERT_W and
         DynaBERT, also as the ``no_rewire`` baseline) train on the training set followed
         by the augmented examples, as the official ``--data_aug``; the teacher, the direct
         baselines and final fine-tuning on the training set alone (spec 4.3-4.5)."""
-        if self.train_augmented is None or stage not in AUGMENTED_STAGES:
-            return self.train
-        return self.train_augmented
+        if self.train_augmented is not None and stage in AUGMENTED_STAGES:
+            return self.train_augmented
+        return self.train
 
     def dev_batches(self, batch_size: int):
         for split in self.task.eval_splits:

@@ -254,8 +254,9 @@ def test_augmented_file_feeds_the_distillation_stages_only(tiny_bert_dir, glue_d
         trainer.train_and_evaluate(c, run)
         if stage == "teacher":   # a stage that does not train on the file does not load it
             assert "augmented" not in json.loads((run / "data.json").read_text())
-    steps_of = {s: [json.loads(x)["step"] for x in (run / s / "metrics.jsonl").read_text()
-                    .splitlines() if "loss" in json.loads(x)] for s in ("teacher", "width")}
+    logged = {s: [json.loads(x) for x in (run / s / "metrics.jsonl").read_text().splitlines()]
+              for s in ("teacher", "width")}
+    steps_of = {s: [r["step"] for r in rows if "loss" in r] for s, rows in logged.items()}
     assert steps_of == {"teacher": [1, 2], "width": [1, 2, 3, 4]}   # batch 8: 16 vs 16 + 16
     sizes = json.loads((run / "data.json").read_text())
     assert sizes["train"]["used"] == 16

@@ -55,7 +55,8 @@ from dynabert_jax.data import squad  # noqa: F401  (data.squad.prepare_features,
 
 __all__ = [
     "TASKS", "GlueTask", "get_task",
-    "DataFormatError", "load_glue", "load_glue_augmented", "load_custom", "read_glue_tsv", "from_hub_dataset",
+    "DataFormatError", "load_glue", "load_glue_augmented", "load_custom", "read_glue_tsv",
+    "from_hub_dataset",
     "file_sha256",
     "tokenize_dataset", "tokenize_texts", "tokenizer_fingerprint", "content_fingerprint",
     "train_batches", "train_stream", "eval_batches", "num_eval_batches", "unpad",
