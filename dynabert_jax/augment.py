@@ -111,9 +111,10 @@ class AugmentError(ValueError):
 class GloveNeighbours:
     """The `m` nearest words by cosine similarity among the first `vocab_size` GloVe words.
 
-    Reads the text format (``word v1 ... vd`` per line). A line with more than ``d + 1``
-    fields holds a word with spaces (glove.840B has a few): its last ``d`` fields are the
-    vector. All-zero vectors (``<unk>``, which TinyBERT zeroes) are never neighbours.
+    Reads the text format (``word v1 ... vd`` per line; a word2vec ``count dim`` first
+    line is skipped). A line with more than ``d + 1`` fields holds a word with spaces
+    (glove.840B has a few): its last ``d`` fields are the vector. All-zero vectors
+    (``<unk>``, which TinyBERT zeroes) are never neighbours.
     """
 
     def __init__(self, path, vocab_size: int = GLOVE_VOCAB):
@@ -127,7 +128,9 @@ class GloveNeighbours:
             for lineno, line in enumerate(f, start=1):
                 if len(words) == vocab_size:
                     break
-                items = line.rstrip("\n").rstrip("\r").split(" ")
+                items = line.rstrip("\r\n ").split(" ")
+                if lineno == 1 and len(items) == 2 and all(x.isdigit() for x in items):
+                    continue   # word2vec's text header "<count> <dim>"
                 if dim is None:
                     dim = len(items) - 1
                     if dim < 1:
@@ -394,8 +397,8 @@ def _write_json_atomic(path: pathlib.Path, obj) -> None:
 
 def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
                  pairing: str = "tinybert", seed: int = 0, limit: Optional[int] = None,
-                 chunk_rows: int = 32, progress: bool = True, settings: Optional[dict] = None,
-                 _stop_after_chunks: Optional[int] = None) -> dict:
+                 chunk_rows: int = 32, progress: bool = True,
+                 settings: Optional[dict] = None) -> dict:
     """Write the augmented copy of `train_path` to `out_path` (resumable; see the module
     docstring). Returns counts: rows, sentences written, candidate sources.
 
@@ -413,7 +416,7 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
     header, rows, text_idx = _read_rows(train_path, task)
     if limit is not None:
         rows = rows[:limit]
-    run = {"task": task.name, "train": str(train_path), "train_sha256": file_sha256(train_path),
+    run = {"task": task.name, "train_sha256": file_sha256(train_path),
            "rows": len(rows), "pairing": pairing, "seed": seed, **(settings or {})}
 
     state = {"run": run, "rows_done": 0, "bytes": 0, "sentences": 0,
@@ -438,7 +441,6 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
             from tqdm import tqdm
             bar = tqdm(total=len(rows), initial=state["rows_done"], unit="row",
                        desc=f"augmenting {task.dir_name}")
-        chunks = 0
         t0 = time.perf_counter()
         while state["rows_done"] < len(rows):
             lo = state["rows_done"]
@@ -466,9 +468,6 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
             _write_json_atomic(state_path, state)
             if bar is not None:
                 bar.update(len(chunk))
-            chunks += 1
-            if _stop_after_chunks is not None and chunks >= _stop_after_chunks:
-                raise KeyboardInterrupt   # tests: an interruption between chunks
         if bar is not None:
             bar.close()
     os.replace(partial, out)
@@ -509,6 +508,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         task = get_task(args.task)
+    except KeyError as e:
+        print(f"error: {e.args[0]}")
+        return 2
+    try:
         n = DEFAULT_N.get(task.name, 30) if args.n is None else args.n
         mlm = MaskedLM(args.mlm, device=args.device, batch_size=args.batch_size)
         glove = GloveNeighbours(args.glove, args.glove_vocab) if args.glove else None
@@ -520,8 +523,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stats = augment_file(task, args.train, args.out, augmentor, pairing=args.pairing,
                              seed=args.seed, limit=args.limit, progress=not args.no_progress,
                              settings=settings)
-    except (AugmentError, DataFormatError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
+    except (AugmentError, DataFormatError, FileNotFoundError) as e:
+        print(f"error: {e}")
         return 2
     src = stats["sources"]
     words = sum(src.values())

@@ -266,15 +266,27 @@ def test_cola_without_header(tmp_path, glue_dir, mlm, glove_file):
     assert all(line.split("\t")[0] == "gj04" for line in out.read_text().splitlines())
 
 
-def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, glue_dir, mlm, glove_file):
+def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, glue_dir, mlm, glove_file,
+                                                   monkeypatch):
     src = glue_dir / "SST-2" / "train.tsv"
     whole = tmp_path / "whole.tsv"
     augment.augment_file("sst2", src, whole, _aug(mlm, glove_file), limit=7, chunk_rows=2,
                          progress=False, seed=3)
     out = tmp_path / "resumed.tsv"
+    write_state = augment._write_json_atomic
+    calls = []
+
+    def interrupted(path, obj):   # killed right after the second chunk's record
+        write_state(path, obj)
+        calls.append(obj["rows_done"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(augment, "_write_json_atomic", interrupted)
     with pytest.raises(KeyboardInterrupt):
         augment.augment_file("sst2", src, out, _aug(mlm, glove_file), limit=7, chunk_rows=2,
-                             progress=False, seed=3, _stop_after_chunks=2)
+                             progress=False, seed=3)
+    monkeypatch.setattr(augment, "_write_json_atomic", write_state)
     state = json.loads((tmp_path / "resumed.tsv.partial.json").read_text())
     assert state["rows_done"] == 4 and not out.exists()
     # a torn write after the last recorded chunk is cut off on resume
@@ -335,6 +347,8 @@ def test_glove_neighbours(tmp_path):
     assert g("Film", 2) == []                                 # case-sensitive lookup
     assert g("state", 1) == ["new york"]                      # a word with a space
     assert augment.GloveNeighbours(path, vocab_size=2)("film", 5) == ["movie"]
+    path.write_text("3 2\nfilm 1 0 \nmovie 0.9 0.1\ncinema 0 1\n")   # word2vec header
+    assert augment.GloveNeighbours(path)("film", 5) == ["movie", "cinema"]
     path.write_text("Paris 1 0\nLyon 0.9 0.1\n")
     assert augment.GloveNeighbours(path)("Paris", 1) == ["Lyon"]   # title case kept
 
