@@ -49,7 +49,6 @@ into place at the end, and an existing ``<out>`` is never overwritten.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
