@@ -40,6 +40,22 @@ Where this differs, on purpose:
   Candidates equal the one-at-a-time ones up to float ties (tested).
 * **No GloVe.** ``glove=None`` leaves words of several pieces unchanged (TinyBERT requires
   the file).
+* **Case.** TinyBERT's tokenizer lower-cases whatever the model (so its title-casing of
+  GloVe words never fires); here the tokenizer's own config decides, so a cased model
+  keeps case and a capitalised word's GloVe neighbours are title-cased.
+* **Smaller things.** ``--n`` is honoured (TinyBERT's per-task table overrides it); lines
+  end in ``\n`` (TinyBERT's ``csv.writer``: ``\r\n``); the input is split on ``\n`` only
+  and a malformed row stops the run with its line number, as `read_glue_tsv`; GloVe
+  vectors are float32 and ties sort stably (neighbours may differ at near-ties); a GloVe
+  word with spaces is read (TinyBERT's parser fails on it), one with a tab is never
+  proposed; a word the tokenizer gives no piece is kept (TinyBERT fails); the masked LM
+  is cut at ``min(512, max_position_embeddings)``.
+
+Kept from TinyBERT, for the record: a pair row's output holds one exact repeat (the
+last first-field line is also the first second-field line; with ``pairing="original"``,
+the original pair); masked-LM candidates are not filtered beyond ``##`` (``[UNK]``,
+punctuation and ``[unused]`` tokens can be drawn); a sentence with no replaceable word
+still yields its basic-tokenized copy when that differs, and an empty field yields ``""``.
 
 Writing is resumable: rows go to ``<out>.partial``, and after every chunk of rows
 ``<out>.partial.json`` records how many rows and bytes are safely on disk. Rerun the same
@@ -120,13 +136,19 @@ class GloveNeighbours:
         path = pathlib.Path(path)
         if not path.is_file():
             raise AugmentError(f"{path}: GloVe file not found")
+        if vocab_size < 1:
+            raise AugmentError(f"vocab_size must be >= 1, got {vocab_size}")
         words: List[str] = []
         rows: List[np.ndarray] = []
         dim = None
-        with open(path, encoding="utf-8", errors="strict") as f:
-            for lineno, line in enumerate(f, start=1):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
                 if len(words) == vocab_size:
                     break
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise AugmentError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
                 items = line.rstrip("\r\n ").split(" ")
                 if lineno == 1 and len(items) == 2 and all(x.isdigit() for x in items):
                     continue   # word2vec's text header "<count> <dim>"
@@ -144,7 +166,10 @@ class GloveNeighbours:
                                        f"all numbers") from None
                 word = " ".join(items[:-dim])
                 words.append(word)
-                rows.append(np.zeros(dim, np.float32) if word == "<unk>" else vec)
+                # <unk> is zeroed as TinyBERT does; a word with a tab or line break would
+                # break the TSV it is written to: never a neighbour either
+                unusable = word == "<unk>" or any(c in word for c in "\t\r\n")
+                rows.append(np.zeros(dim, np.float32) if unusable else vec)
         if not words:
             raise AugmentError(f"{path}: file is empty")
         emb = np.stack(rows)
@@ -194,6 +219,8 @@ class MaskedLM:
         import transformers
 
         path = pathlib.Path(path)
+        if int(batch_size) < 1:
+            raise AugmentError(f"batch_size must be >= 1, got {batch_size}")
         if not (path / "config.json").is_file():
             raise AugmentError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -204,7 +231,8 @@ class MaskedLM:
         transformers.logging.set_verbosity_error()
         try:
             model, info = transformers.BertForMaskedLM.from_pretrained(
-                str(path), local_files_only=True, output_loading_info=True)
+                str(path), local_files_only=True, output_loading_info=True,
+                dtype=torch.float32)   # as TinyBERT, whatever dtype the config names
         finally:
             transformers.logging.set_verbosity(verbosity)
         missing = sorted(k for k in info["missing_keys"] if k.startswith("cls."))
@@ -219,6 +247,9 @@ class MaskedLM:
         if backend is None or type(backend.model).__name__ != "WordPiece":
             raise AugmentError(f"{path}: needs a fast WordPiece (BERT) tokenizer")
         self.model = model.eval().to(device)
+        specials = sorted(set(self.tokenizer.all_special_tokens), key=len, reverse=True)
+        self._special = re.compile(
+            "(?<!\\S)(" + "|".join(map(re.escape, specials)) + ")(?!\\S)")
         self.device = device
         self.batch_size = int(batch_size)
         self.max_len = min(512, int(config.max_position_embeddings))
@@ -226,16 +257,30 @@ class MaskedLM:
 
     def words_and_pieces(self, sentence: str) -> Tuple[List[str], List[int], List[List[int]]]:
         """The basic tokenizer's words, the sentence's ids (``[CLS] ... [SEP]``) and, per
-        word, the positions of its pieces in those ids."""
+        word, the positions of its pieces in those ids.
+
+        As TinyBERT's tokenizer: a special token standing alone (``[MASK]``, ``[UNK]``...)
+        is one word and one piece; other text is normalised (cleaned, lower-cased and
+        accents stripped for an uncased model) and split on spaces and punctuation; each
+        word is cut into WordPieces on its own."""
         backend = self.tokenizer.backend_tokenizer
-        text = backend.normalizer.normalize_str(sentence) if backend.normalizer else sentence
-        words = [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
-        enc = self.tokenizer(sentence, verbose=False)
-        pieces: List[List[int]] = [[] for _ in words]
-        for pos, w in enumerate(enc.word_ids()):
-            if w is not None and w < len(words):
-                pieces[w].append(pos)
-        return words, list(enc["input_ids"]), pieces
+        words: List[str] = []
+        ids = [self.tokenizer.cls_token_id]
+        pieces: List[List[int]] = []
+        for k, part in enumerate(self._special.split(sentence)):
+            if k % 2:   # a special token
+                words.append(part)
+                pieces.append([len(ids)])
+                ids.append(self.tokenizer.convert_tokens_to_ids(part))
+                continue
+            text = backend.normalizer.normalize_str(part) if backend.normalizer else part
+            for word, _ in backend.pre_tokenizer.pre_tokenize_str(text):
+                tokens = backend.model.tokenize(word)
+                words.append(word)
+                pieces.append(list(range(len(ids), len(ids) + len(tokens))))
+                ids.extend(t.id for t in tokens)
+        ids.append(self.tokenizer.sep_token_id)
+        return words, ids, pieces
 
     def query(self, ids: Sequence[int], pos: int) -> Optional[Tuple[List[int], List[int]]]:
         """TinyBERT's input for the piece at `pos`: the sentence with it masked, then the
@@ -407,6 +452,10 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
     task = get_task(task) if isinstance(task, str) else task
     if pairing not in PAIRINGS:
         raise AugmentError(f"pairing {pairing!r}; choose from {PAIRINGS}")
+    if limit is not None and limit < 1:
+        raise AugmentError(f"limit must be >= 1 row, got {limit}")
+    if chunk_rows < 1:
+        raise AugmentError(f"chunk_rows must be >= 1, got {chunk_rows}")
     out = pathlib.Path(out_path)
     if out.exists():
         raise AugmentError(f"{out} exists; remove it or choose another --out")
@@ -416,7 +465,8 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
     if limit is not None:
         rows = rows[:limit]
     run = {"task": task.name, "train_sha256": file_sha256(train_path),
-           "rows": len(rows), "pairing": pairing, "seed": seed, **(settings or {})}
+           "rows": len(rows), "pairing": pairing, "seed": seed, "m": augmentor.m,
+           "n": augmentor.n, "p": augmentor.p, **(settings or {})}
 
     state = {"run": run, "rows_done": 0, "bytes": 0, "sentences": 0,
              "sources": {"mlm": 0, "glove": 0, "kept": 0}}
@@ -428,6 +478,11 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
             raise AugmentError(
                 f"{partial} was written with other settings ({', '.join(diff)} differ); "
                 f"remove {partial} and {state_path} to start over, or rerun as before")
+        if partial.stat().st_size < old["bytes"]:
+            raise AugmentError(
+                f"{partial} holds {partial.stat().st_size} bytes, fewer than the "
+                f"{old['bytes']} recorded in {state_path}: it was cut or replaced; remove "
+                f"both to start over")
         state = old
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "r+b" if state["bytes"] else "wb") as f:
@@ -470,7 +525,7 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
         if bar is not None:
             bar.close()
     os.replace(partial, out)
-    state_path.unlink()
+    state_path.unlink(missing_ok=True)
     return {"rows": len(rows), "sentences": state["sentences"],
             "sources": state["sources"], "seconds": time.perf_counter() - t0, **run}
 
@@ -517,8 +572,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         augmentor = Augmentor(mlm, glove, m=args.m, n=n, p=args.p)
         settings = {"mlm": str(pathlib.Path(args.mlm).resolve()),
                     "glove": str(pathlib.Path(args.glove).resolve()) if args.glove else None,
-                    "glove_vocab": args.glove_vocab if args.glove else None,
-                    "m": args.m, "n": n, "p": args.p}
+                    "glove_vocab": args.glove_vocab if args.glove else None}
         stats = augment_file(task, args.train, args.out, augmentor, pairing=args.pairing,
                              seed=args.seed, limit=args.limit, progress=not args.no_progress,
                              settings=settings)
@@ -528,7 +582,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     src = stats["sources"]
     words = sum(src.values())
     print(f"{args.out}: {stats['sentences']:,} rows from {stats['rows']:,} "
-          f"({stats['sentences'] / stats['rows']:.1f} per row); replaceable words: {words:,} "
+          f"({stats['sentences'] / stats['rows']:.1f} per row; N={n}, M={args.m}, "
+          f"p={args.p}); replaceable words: {words:,} "
           f"(masked LM {src['mlm']:,}, GloVe {src['glove']:,}, no candidate {src['kept']:,})")
     if glove is None:
         print("note: no --glove: words of several pieces were left unchanged")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dynabert_jax import augment
-from dynabert_jax.data.glue import load_glue_augmented, read_glue_tsv
+from dynabert_jax.data.glue import DataFormatError, load_glue_augmented, read_glue_tsv
 
 # Real training sentences (RTE, SST-2, CoLA): capitals, punctuation, numbers, stop words,
 # an accent, words of several pieces ("unflinchingly", "unbelievably", "pyjamas").
@@ -22,6 +22,9 @@ SENTENCES = [
     "unflinchingly bleak and desperate ",
     "Our friends won't buy this analysis, let alone the next one we propose.",
     "What unbelievably crôwded pyjamas, 1999 ## ok",
+    "He said [MASK] was good and [UNK] cheerful",   # special tokens: one word each
+    "",
+    "   ",
 ]
 
 
@@ -133,7 +136,7 @@ class TinyBertReference:
         return found or [word]
 
     def candidates(self, sent):
-        words = self.tok.basic_tokenizer.tokenize(sent)
+        words = self.tok.basic_tokenizer.tokenize(sent, never_split=self.tok.all_special_tokens)
         return words, {i: self.word_augment(sent, i, w) for i, w in enumerate(words)
                        if augment.is_replaceable(w)}
 
@@ -156,10 +159,12 @@ def test_candidates_match_tinybert_one_word_at_a_time(tiny_mlm_dir, glove_file, 
     glove = augment.GloveNeighbours(glove_file)
     aug = augment.Augmentor(mlm, glove, m=5, n=10, p=0.4)
     ref = TinyBertReference(tiny_mlm_dir, glove_file, m=5)
-    long = " ".join(["gathered"] * 600) + " downtown Chicago"   # pieces past 512
-    got = aug.word_candidates(SENTENCES + [long])   # one padded batch for all of them
+    # 302 pieces: the second copy is cut at 512; 602: masks past 512 are not asked
+    mid = " ".join(["gathered"] * 300) + " downtown Chicago"
+    long = " ".join(["gathered"] * 600) + " downtown Chicago"
+    got = aug.word_candidates(SENTENCES + [mid, long])   # padded batches for all of them
     sources = {"mlm": 0, "glove": 0, "kept": 0}
-    for sent, wc in zip(SENTENCES + [long], got):
+    for sent, wc in zip(SENTENCES + [mid, long], got):
         words, cands = ref.candidates(sent)
         assert wc.words == words, sent
         assert wc.candidates == cands, sent
@@ -171,6 +176,11 @@ def test_candidates_match_tinybert_one_word_at_a_time(tiny_mlm_dir, glove_file, 
     assert got[3].sources[0] == "glove" and len(got[3].candidates[0]) == 5   # unflinchingly
     assert "unflinchingly" not in got[3].candidates[0]
     assert got[1].sources[got[1].words.index("sorrow")] == "mlm"
+    special = got[SENTENCES.index("He said [MASK] was good and [UNK] cheerful")]
+    assert special.words == ["he", "said", "[MASK]", "was", "good", "and", "[UNK]",
+                             "cheerful"]
+    assert sorted(special.candidates) == [1, 4, 7]   # said, good, cheerful ("was": stop)
+    assert got[SENTENCES.index("")].words == [] and got[SENTENCES.index("")].candidates == {}
 
 
 def test_variants_follow_tinybert_draw_for_draw(tiny_mlm_dir, glove_file, mlm):
@@ -184,7 +194,7 @@ def test_variants_follow_tinybert_draw_for_draw(tiny_mlm_dir, glove_file, mlm):
         assert got == ref.augment(sent, n=12, p=0.4, seed=seed)
         assert got[0] == sent and len(set(got)) == len(got) <= 13
         for v in got[1:]:
-            new = v.split(" ")
+            new = v.split(" ") if v else []
             assert len(new) == len(wc.words)
             for i, (a, b) in enumerate(zip(new, wc.words)):
                 assert a == b or a in wc.candidates[i]
@@ -257,13 +267,21 @@ def test_pair_task_file_reads_back_and_pairs_as_asked(tmp_path, glue_dir, mlm, g
 def test_cola_without_header(tmp_path, glue_dir, mlm, glove_file):
     src = glue_dir / "CoLA" / "train.tsv"
     out = tmp_path / "cola_aug.tsv"
-    stats = augment.augment_file("cola", src, out, _aug(mlm, glove_file, n=3), limit=4,
-                                 progress=False)
-    got = read_glue_tsv(out, "cola")
-    orig = read_glue_tsv(src, "cola")
-    assert got["sentence"][0] == orig["sentence"][0]   # originals first, no header line
-    assert 4 <= stats["sentences"] == len(got["sentence"]) <= 16
-    assert all(line.split("\t")[0] == "gj04" for line in out.read_text().splitlines())
+    aug = _aug(mlm, glove_file, n=3)
+    stats = augment.augment_file("cola", src, out, aug, limit=4, progress=False)
+    src_rows = [line.split("\t") for line in src.read_text().splitlines()[:4]]
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert stats["sentences"] == len(rows) and len(rows) > 4   # no header, variants made
+    groups = []
+    for row in rows:   # a new group starts at each original, in order
+        if len(groups) < 4 and row[3] == src_rows[len(groups)][3]:
+            groups.append([])
+        groups[-1].append(row)
+    assert len(groups) == 4
+    for fields, group in zip(src_rows, groups):
+        assert all(r[:3] == fields[:3] for r in group)      # source, label, mark copied
+        assert len({r[3] for r in group}) == len(group) <= 4
+    assert read_glue_tsv(out, "cola")["label"] == [int(r[1]) for r in rows]
 
 
 def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, glue_dir, mlm, glove_file,
@@ -296,6 +314,16 @@ def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, glue_dir, mlm, glov
     with pytest.raises(augment.AugmentError, match="seed differ"):
         augment.augment_file("sst2", src, out, _aug(mlm, glove_file), limit=7, chunk_rows=2,
                              progress=False, seed=4)
+    with pytest.raises(augment.AugmentError, match="n differ"):
+        augment.augment_file("sst2", src, out, _aug(mlm, glove_file, n=5), limit=7,
+                             chunk_rows=2, progress=False, seed=3)
+    partial = tmp_path / "resumed.tsv.partial"
+    kept = partial.read_bytes()
+    partial.write_bytes(kept[:state["bytes"] - 10])   # cut short: refused, not padded
+    with pytest.raises(augment.AugmentError, match="fewer than"):
+        augment.augment_file("sst2", src, out, _aug(mlm, glove_file), limit=7, chunk_rows=2,
+                             progress=False, seed=3)
+    partial.write_bytes(kept)
     augment.augment_file("sst2", src, out, _aug(mlm, glove_file), limit=7, chunk_rows=2,
                          progress=False, seed=3)
     assert out.read_bytes() == whole.read_bytes()
@@ -329,9 +357,17 @@ def test_clear_errors(tmp_path, tiny_bert_dir, tiny_mlm_dir, glove_file, glue_di
         augment.Augmentor(mlm, None, m=0)
     rows = tmp_path / "train.tsv"
     rows.write_text("index\tsentence1\tsentence2\tlabel\n0\tonly two\tfields\n")
-    with pytest.raises(Exception, match=r"train.tsv:2: expected 4 tab-separated"):
+    with pytest.raises(DataFormatError, match=r"train.tsv:2: expected 4 tab-separated"):
         augment.augment_file("rte", rows, tmp_path / "o.tsv", _aug(mlm, glove_file),
                              progress=False)
+    with pytest.raises(augment.AugmentError, match="limit must be >= 1"):
+        augment.augment_file("rte", glue_dir / "RTE" / "train.tsv", tmp_path / "o.tsv",
+                             _aug(mlm, glove_file), limit=0, progress=False)
+    with pytest.raises(augment.AugmentError, match="batch_size must be >= 1"):
+        augment.MaskedLM(tiny_mlm_dir, batch_size=0)
+    bad.write_bytes(b"the 0.1 0.2\n\xff 0.1 0.2\n")
+    with pytest.raises(augment.AugmentError, match=r"bad_glove.txt:2: not valid UTF-8"):
+        augment.GloveNeighbours(bad)
     with pytest.raises(augment.AugmentError, match="pairing"):
         augment.augment_file("rte", glue_dir / "RTE" / "train.tsv", tmp_path / "o.tsv",
                              _aug(mlm, glove_file), pairing="both", progress=False)
@@ -361,8 +397,14 @@ def test_cli(tmp_path, tiny_mlm_dir, glove_file, glue_dir, capsys):
     printed = capsys.readouterr().out
     assert rc == 0, printed
     n = len(read_glue_tsv(out, "mrpc")["label"])
-    assert f"{n:,} rows from 3" in printed and "masked LM" in printed
-    assert 6 <= n <= 3 * 2 * 3
+    assert f"{n:,} rows from 3" in printed and "N=2, M=15" in printed
+    assert 3 * 2 < n <= 3 * 2 * 3
+    rc = augment.main(["--task", "mrpc", "--train", str(glue_dir / "MRPC" / "train.tsv"),
+                       "--out", str(tmp_path / "default_n.tsv"), "--mlm", str(tiny_mlm_dir),
+                       "--limit", "1", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "N=30, M=15, p=0.4" in printed   # TinyBERT's N for MRPC
+    assert "no --glove" in printed
     rc = augment.main(["--task", "nope", "--train", "x", "--out", str(tmp_path / "y"),
                        "--mlm", str(tiny_mlm_dir)])
     assert rc == 2 and "unknown GLUE task" in capsys.readouterr().out
