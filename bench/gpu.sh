@@ -21,6 +21,9 @@
 #                                                    # batch 32 and 128, and the whole forward
 #                                                    # against modeling.py before the change
 #
+#   bash bench/gpu.sh OUTDIR augment                 # the data augmentation's masked-LM
+#                                                    # queries on the GPU, batch 16-256
+#
 #   bash bench/gpu.sh OUTDIR results TASK            # docs/results.md at full size: the
 #                                                    # official recipe on TASK's whole training
 #                                                    # set, in bf16 (below)
@@ -118,6 +121,10 @@ case $part in
         --whole-model .gpu/modeling_afd75ba.py --out "$out/attention_core-gpu-$dt.json" \
         2>&1 | tee "$out/attention-$dt.log"
     done ;;
+  augment)
+    "$py" bench/augment_speed.py --device cuda --sentences 200 --rounds 3 \
+      --batch-sizes 16,64,256 --tokenizer .gpu/minilm --data .gpu/data/glue \
+      --out "$out/augment_speed-gpu.json" 2>&1 | tee "$out/augment.log" ;;
   results) results "$arg" ;;
   *) echo "unknown part $part (see the head of bench/gpu.sh)" >&2; exit 2 ;;
 esac
