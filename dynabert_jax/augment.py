@@ -44,7 +44,7 @@ Where this differs, on purpose:
   GloVe words never fires); here the tokenizer's own config decides, so a cased model
   keeps case and a capitalised word's GloVe neighbours are title-cased.
 * **Smaller things.** ``--n`` is honoured (TinyBERT's per-task table overrides it); lines
-  end in ``\n`` (TinyBERT's ``csv.writer``: ``\r\n``); the input is split on ``\n`` only
+  end in LF (TinyBERT's ``csv.writer``: CRLF); the input is split at line feeds only
   and a malformed row stops the run with its line number, as `read_glue_tsv`; GloVe
   vectors are float32 and ties sort stably (neighbours may differ at near-ties); a GloVe
   word with spaces is read (TinyBERT's parser fails on it), one with a tab is never
@@ -55,7 +55,7 @@ Kept from TinyBERT, for the record: a pair row's output holds one exact repeat (
 last first-field line is also the first second-field line; with ``pairing="original"``,
 the original pair); masked-LM candidates are not filtered beyond ``##`` (``[UNK]``,
 punctuation and ``[unused]`` tokens can be drawn); a sentence with no replaceable word
-still yields its basic-tokenized copy when that differs, and an empty field yields ``""``.
+still yields its basic-tokenized copy when that differs (a field of spaces yields ``""``).
 
 Writing is resumable: rows go to ``<out>.partial``, and after every chunk of rows
 ``<out>.partial.json`` records how many rows and bytes are safely on disk. Rerun the same
