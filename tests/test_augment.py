@@ -77,7 +77,10 @@ class TinyBertReference:
         import transformers
 
         self.torch = torch
-        self.tok = transformers.BertTokenizerLegacy(str(mlm_dir / "vocab.txt"))
+        # the slow Python tokenizer TinyBERT's BertTokenizer descends from (transformers 4
+        # calls it BertTokenizer)
+        slow = getattr(transformers, "BertTokenizerLegacy", transformers.BertTokenizer)
+        self.tok = slow(str(mlm_dir / "vocab.txt"))
         self.model = transformers.BertForMaskedLM.from_pretrained(str(mlm_dir)).eval()
         self.m = m
         words = [line.split()[0] for line in open(glove_path)]
