@@ -57,17 +57,26 @@ def tiny_bert_dir(tmp_path_factory, minilm_path):
     """A tiny random Hugging Face BERT (4 layers, hidden 32, 4 heads, FFN 64) with the
     real MiniLM tokenizer, saved as a checkpoint folder: the trainer tests run the real
     pipeline on it in seconds."""
+    import transformers
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_path,
+                          transformers.BertModel, num_hidden_layers=4,
+                          max_position_embeddings=128)
+
+
+def save_tiny_bert(path, minilm_path, model_class, **config):
+    """A random Hugging Face BERT of `model_class` (hidden 32, 4 heads, FFN 64, MiniLM's
+    vocabulary; `config` overrides) saved in `path` with the real MiniLM tokenizer."""
     import shutil
 
     import torch
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4,
-                                  num_attention_heads=4, intermediate_size=64,
-                                  max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("tiny_bert")
-    transformers.BertModel(cfg).save_pretrained(str(path))
+    cfg = transformers.BertConfig(**{"vocab_size": 30522, "hidden_size": 32,
+                                     "num_attention_heads": 4, "intermediate_size": 64,
+                                     **config})
+    model_class(cfg).save_pretrained(str(path))
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json"):
         if (minilm_path / name).is_file():

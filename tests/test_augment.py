@@ -3,11 +3,10 @@ of TinyBERT's `DataAugmentor`, on a tiny random BertForMaskedLM with the real Mi
 WordPiece tokenizer and a small GloVe file; then the file writer on real GLUE rows."""
 import json
 import random
-import shutil
-
 import numpy as np
 import pytest
 
+from conftest import save_tiny_bert
 from dynabert_jax import augment
 from dynabert_jax.data.glue import DataFormatError, load_glue_augmented, read_glue_tsv
 
@@ -30,20 +29,11 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def tiny_mlm_dir(tmp_path_factory, minilm_path):
-    import torch
     import transformers
 
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64,
-                                  max_position_embeddings=512)
-    path = tmp_path_factory.mktemp("tiny_mlm")
-    transformers.BertForMaskedLM(cfg).save_pretrained(str(path))
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json"):
-        if (minilm_path / name).is_file():
-            shutil.copy(minilm_path / name, path / name)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_mlm"), minilm_path,
+                          transformers.BertForMaskedLM, num_hidden_layers=2,
+                          max_position_embeddings=512)
 
 
 GLOVE_WORDS = ["the", "sorrow", "grief", "sadness", "installation", "setup", "ceremony",
