@@ -75,7 +75,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dynabert_jax.data.glue import DataFormatError, _read_lines, _resolve_columns, file_sha256
+from dynabert_jax.data.glue import DataFormatError, file_sha256, read_tsv_rows
 from dynabert_jax.data.tasks import GlueTask, get_task
 
 # TinyBERT's list, verbatim: NLTK's English stop words without the question words
@@ -409,34 +409,9 @@ def _row_rng(seed: int, row: int, field: int) -> random.Random:
 
 def _read_rows(path, task: GlueTask) -> Tuple[Optional[str], List[List[str]], List[int]]:
     """The header line (None for CoLA), the data rows split on tabs, the text columns."""
-    lines = _read_lines(path)
-    header = None
-    if task.has_header:
-        _, header = next(lines)
-        cols = header.split("\t")
-        n_fields = len(cols)
-        text_idx = _resolve_columns(path, cols, task.file_text_columns, "text")
-    else:
-        n_fields, text_idx = 4, list(task.file_text_columns)
-    rows = []
-    for lineno, line in lines:
-        fields = line.split("\t")
-        if len(fields) != n_fields:
-            raise DataFormatError(f"{path}:{lineno}: expected {n_fields} tab-separated "
-                                  f"fields, got {len(fields)}")
-        rows.append(fields)
-    if not rows:
-        raise DataFormatError(f"{path}: no data rows")
-    return header, rows, text_idx
-
-
-def _write_json_atomic(path: pathlib.Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tsv = read_tsv_rows(path, task)
+    rows = [fields for _, fields in tsv.rows]
+    return tsv.header, rows, tsv.text_idx
 
 
 def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
@@ -449,6 +424,8 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
     `settings` (what produced the candidates: model, GloVe file, m, n, p) is recorded in
     the progress file, and a partial file written under other settings is not resumed.
     """
+    from dynabert_jax.checkpoint import write_json_atomic   # lazy: it imports jax, orbax
+
     task = get_task(task) if isinstance(task, str) else task
     if pairing not in PAIRINGS:
         raise AugmentError(f"pairing {pairing!r}; choose from {PAIRINGS}")
@@ -519,7 +496,7 @@ def augment_file(task, train_path, out_path, augmentor: Augmentor, *,
             state["rows_done"] = lo + len(chunk)
             state["bytes"] = f.tell()
             state["sentences"] += len(lines)
-            _write_json_atomic(state_path, state)
+            write_json_atomic(state_path, state)
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:

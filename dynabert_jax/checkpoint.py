@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 from typing import Any, Optional, Tuple
 
@@ -137,7 +138,12 @@ def load_params(directory, like: Any = None) -> Tuple[Any, dict]:
 
 
 def write_json_atomic(path, obj) -> None:
+    """Write `obj` as JSON to `path` so that a crash leaves the old file or the new one,
+    never half of either: write a sibling ``.tmp``, fsync it, rename it over `path`."""
     path = pathlib.Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_bert
-from dynabert_jax import augment
+from dynabert_jax import augment, checkpoint
 from dynabert_jax.data.glue import DataFormatError, load_glue_augmented, read_glue_tsv
 
 # Real training sentences (RTE, SST-2, CoLA): capitals, punctuation, numbers, stop words,
@@ -284,7 +284,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, glue_dir, mlm, glov
     augment.augment_file("sst2", src, whole, _aug(mlm, glove_file), limit=7, chunk_rows=2,
                          progress=False, seed=3)
     out = tmp_path / "resumed.tsv"
-    write_state = augment._write_json_atomic
+    write_state = checkpoint.write_json_atomic
     calls = []
 
     def interrupted(path, obj):   # killed right after the second chunk's record
@@ -293,11 +293,11 @@ def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, glue_dir, mlm, glov
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(augment, "_write_json_atomic", interrupted)
+    monkeypatch.setattr(checkpoint, "write_json_atomic", interrupted)
     with pytest.raises(KeyboardInterrupt):
         augment.augment_file("sst2", src, out, _aug(mlm, glove_file), limit=7, chunk_rows=2,
                              progress=False, seed=3)
-    monkeypatch.setattr(augment, "_write_json_atomic", write_state)
+    monkeypatch.setattr(checkpoint, "write_json_atomic", write_state)
     state = json.loads((tmp_path / "resumed.tsv.partial.json").read_text())
     assert state["rows_done"] == 4 and not out.exists()
     # a torn write after the last recorded chunk is cut off on resume

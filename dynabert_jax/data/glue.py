@@ -22,7 +22,7 @@ import io
 import json
 import math
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from dynabert_jax.data.tasks import GlueTask, get_task
 
@@ -159,6 +159,58 @@ def _parse_augmented_label(path, lineno, raw: str, task: GlueTask):
     return max(range(len(logits)), key=logits.__getitem__)   # the first maximum
 
 
+class TsvRows(NamedTuple):
+    """A GLUE TSV's layout and its data rows (see `read_tsv_rows`)."""
+    header: Optional[str]                       # the header line as read; None for CoLA
+    text_idx: List[int]                         # the task's text columns, in order
+    label_idx: int                              # the label column
+    rows: Iterator[Tuple[int, List[str]]]       # (1-based line number, fields)
+
+
+def read_tsv_rows(path, task) -> TsvRows:
+    """Open one GLUE TSV: find the task's text and label columns (in the header, or at
+    CoLA's fixed places) and yield each data row split on tabs, with its line number.
+
+    The rows are checked lazily: a row whose field count differs from the header's (or
+    from 4 for CoLA) raises `DataFormatError` naming the file and line, and so does a
+    file with no data row once the rows are exhausted. Labels are not parsed.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    lines = _read_lines(path)
+    if task.has_header:
+        try:
+            _, head = next(lines)
+        except StopIteration:  # pragma: no cover - _read_lines raises first
+            raise DataFormatError(f"{path}: file is empty") from None
+        header = head.split("\t")
+        n_fields = len(header)
+        text_idx = _resolve_columns(path, header, task.file_text_columns, "text")
+        (label_idx,) = _resolve_columns(path, header, [task.file_label_column], "label")
+        fields_hint = "as in the header"
+    else:
+        head = None
+        n_fields = 4  # CoLA: source, label, original mark, sentence
+        text_idx = list(task.file_text_columns)
+        label_idx = task.file_label_column
+        fields_hint = f"a {task.dir_name} file has no header and {n_fields} columns"
+
+    def rows():
+        n = 0
+        for lineno, line in lines:
+            fields = line.split("\t")
+            if len(fields) != n_fields:
+                raise DataFormatError(
+                    f"{_where(path, lineno)}: expected {n_fields} tab-separated fields "
+                    f"({fields_hint}), got {len(fields)}")
+            n += 1
+            yield lineno, fields
+        if not n:
+            raise DataFormatError(f"{path}: no data rows"
+                                  + (" after the header" if task.has_header else ""))
+
+    return TsvRows(head, text_idx, label_idx, rows())
+
+
 def read_glue_tsv(path, task, teacher_logits: bool = False) -> Dict[str, list]:
     """Parse one GLUE TSV into columns ``{*task.text_columns, "label", "idx"}``.
 
@@ -176,41 +228,18 @@ def read_glue_tsv(path, task, teacher_logits: bool = False) -> Dict[str, list]:
         the task's label set; the message names the file and the 1-based line.
     """
     task = get_task(task) if isinstance(task, str) else task
-    lines = _read_lines(path)
-    if task.has_header:
-        try:
-            _, head = next(lines)
-        except StopIteration:  # pragma: no cover - _read_lines raises first
-            raise DataFormatError(f"{path}: file is empty") from None
-        header = head.split("\t")
-        n_fields = len(header)
-        text_idx = _resolve_columns(path, header, task.file_text_columns, "text")
-        (label_idx,) = _resolve_columns(path, header, [task.file_label_column], "label")
-        fields_hint = "as in the header"
-    else:
-        n_fields = 4  # CoLA: source, label, original mark, sentence
-        text_idx = list(task.file_text_columns)
-        label_idx = task.file_label_column
-        fields_hint = f"a {task.dir_name} file has no header and {n_fields} columns"
-
+    tsv = read_tsv_rows(path, task)
     cols: Dict[str, list] = {c: [] for c in task.text_columns}
     labels: list = []
-    for lineno, line in lines:
-        fields = line.split("\t")
-        if len(fields) != n_fields:
-            raise DataFormatError(
-                f"{_where(path, lineno)}: expected {n_fields} tab-separated fields "
-                f"({fields_hint}), got {len(fields)}")
-        for name, i in zip(task.text_columns, text_idx):
+    for lineno, fields in tsv.rows:
+        for name, i in zip(task.text_columns, tsv.text_idx):
             cols[name].append(fields[i])
+        raw = fields[tsv.label_idx]
         if teacher_logits:
-            labels.append(_parse_augmented_label(path, lineno, fields[label_idx], task))
+            labels.append(_parse_augmented_label(path, lineno, raw, task))
         else:
-            labels.append(_parse_label(path, lineno, fields[label_idx], task.label_list,
+            labels.append(_parse_label(path, lineno, raw, task.label_list,
                                        task.is_regression, task.label_range, task.name))
-    if not labels:
-        raise DataFormatError(f"{path}: no data rows"
-                              + (" after the header" if task.has_header else ""))
     cols["label"] = labels
     cols["idx"] = list(range(len(labels)))
     return cols
