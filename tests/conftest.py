@@ -67,20 +67,17 @@ def tiny_bert_dir(tmp_path_factory, minilm_path):
 def save_tiny_bert(path, minilm_path, model_class, **config):
     """A random Hugging Face BERT of `model_class` (hidden 32, 4 heads, FFN 64, MiniLM's
     vocabulary; `config` overrides) saved in `path` with the real MiniLM tokenizer."""
-    import shutil
-
     import torch
     import transformers
+
+    from dynabert_jax.convert import copy_tokenizer_files
 
     torch.manual_seed(0)
     cfg = transformers.BertConfig(**{"vocab_size": 30522, "hidden_size": 32,
                                      "num_attention_heads": 4, "intermediate_size": 64,
                                      **config})
     model_class(cfg).save_pretrained(str(path))
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json"):
-        if (minilm_path / name).is_file():
-            shutil.copy(minilm_path / name, path / name)
+    copy_tokenizer_files(minilm_path, path)
     return path
 
 
