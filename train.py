@@ -39,8 +39,18 @@ def main(argv):
         jax.distributed.initialize()
     from dynabert_jax import trainer
 
+    from dynabert_jax.checkpoint import CheckpointMismatchError
+    from dynabert_jax.convert import CheckpointError
+    from dynabert_jax.data import DataFormatError
+
     workdir = _WORKDIR.value or os.path.join("runs", config.task)
-    trainer.train_and_evaluate(config, workdir)
+    try:
+        trainer.train_and_evaluate(config, workdir)
+    except (trainer.ConfigError, DataFormatError, CheckpointError, CheckpointMismatchError,
+            trainer.NonFiniteLossError, FileNotFoundError) as e:
+        # what the user can fix gets one line, not a traceback; checkpoints are kept
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

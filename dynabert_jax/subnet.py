@@ -148,6 +148,8 @@ def grid(widths=WIDTHS, depths=DEPTHS) -> Tuple[SubNet, ...]:
     The official loop runs depths (outer) and widths (inner), both from large to small:
     (w=1, d=1), (w=.75, d=1), ..., (w=.25, d=.5).
     """
+    widths = [_check_multiplier("width", w) for w in widths]   # before sorting them
+    depths = [_check_multiplier("depth", d) for d in depths]
     return tuple(
         SubNet(w, d)
         for d in sorted(depths, reverse=True)

@@ -67,6 +67,11 @@ class NonFiniteLossError(FloatingPointError):
     """A NaN or infinite training loss; the message names the step and sub-network."""
 
 
+class ConfigError(ValueError):
+    """A config that cannot run: unknown stage or baseline, a width or depth outside the
+    grid's rules, inconsistent data options. Raised before any stage trains."""
+
+
 # ----------------------------------------------------------------------------------
 # Resolving paths and data
 # ----------------------------------------------------------------------------------
@@ -219,8 +224,8 @@ class Context:
         train_augmented = None
         if config.task == "squad":
             if config.data.augmented_train:
-                raise ValueError("config.data.augmented_train is for GLUE tasks; SQuAD "
-                                 "has no augmented training file format")
+                raise ConfigError("config.data.augmented_train is for GLUE tasks; SQuAD "
+                                  "has no augmented training file format")
             task = SquadTask()
             train, squad_dev = (_squad_split(config, tokenizer, which)
                                 for which in ("train", "dev"))
@@ -353,7 +358,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     n_train = data.num_examples(train)
     spe = data.steps_per_epoch(n_train, bs)
     if spe == 0:
-        raise ValueError(f"{n_train} training examples make no batch of {bs}")
+        raise ConfigError(f"{n_train} training examples make no batch of {bs} "
+                          f"(config.{stage}.batch_size)")
     total = int(scfg.max_steps) or max(1, math.ceil(scfg.num_epochs * spe))
     warmup_ratio = scfg.warmup_ratio
     if warmup_ratio < 0:  # auto: none for BERT, 6% for RoBERTa (official)
@@ -692,20 +698,47 @@ _STAGE_FNS = {"teacher": stage_teacher, "rewire": stage_rewire, "width": stage_w
 def _check_data_options(config) -> None:
     multiple = config.data.pad_to_multiple_of
     if not isinstance(multiple, int) or multiple < 0:
-        raise ValueError(f"config.data.pad_to_multiple_of must be an int >= 0 (0: pad every "
-                         f"batch to max_seq_length), got {multiple!r}")
+        raise ConfigError(f"config.data.pad_to_multiple_of must be an int >= 0 (0: pad "
+                          f"every batch to max_seq_length), got {multiple!r}")
     if config.data.group_by_length and multiple == 0:
-        raise ValueError("config.data.group_by_length needs config.data.pad_to_multiple_of "
-                         "> 0: grouped batches are only faster when they are trimmed")
+        raise ConfigError("config.data.group_by_length needs config.data.pad_to_multiple_of "
+                          "> 0: grouped batches are only faster when they are trimmed")
+
+
+def check_grid(config, model_config=None) -> Tuple[SubNet, ...]:
+    """The (width, depth) grid of ``config.widths`` x ``config.depths``, or a
+    `ConfigError`: an empty or repeated multiplier, one outside (0, 1], and, given the
+    model's config, one that keeps no head or no layer of it."""
+    for name in ("widths", "depths"):
+        values = tuple(config[name])
+        if not values:
+            raise ConfigError(f"config.{name} is empty")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"config.{name} repeats a value: {values}")
+    try:
+        subnets = grid(config.widths, config.depths)
+        if model_config is not None:
+            for s in subnets:
+                s.validate(model_config)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.widths / config.depths: {e}") from None
+    return subnets
 
 
 def stages_to_run(config) -> Tuple[str, ...]:
+    """The stages ``config.stage`` names, in order, after checking the options every
+    stage reads (data options, baselines, the grid, the dropout PRNG)."""
     _check_data_options(config)
+    check_grid(config)
+    try:
+        steps.dropout_key(0, config.get("dropout_prng", "threefry2x32"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     baselines = tuple(config.get("baselines", ()))
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown} in config.baselines; choose from "
-                         f"{BASELINES}")
+        raise ConfigError(f"unknown baseline(s) {unknown} in config.baselines; choose from "
+                          f"{BASELINES}")
     if config.stage == "all":
         chain = CHAIN if config.final.enabled else CHAIN[:-1]
         if config.teacher_checkpoint:
@@ -714,8 +747,8 @@ def stages_to_run(config) -> Tuple[str, ...]:
             chain = tuple(s for s in chain if s != "rewire")
         return chain + baselines
     if config.stage not in STAGES:
-        raise ValueError(f"unknown stage {config.stage!r}; choose one of "
-                         f"{STAGES + ('all',)}")
+        raise ConfigError(f"unknown stage {config.stage!r}; choose one of "
+                          f"{STAGES + ('all',)}")
     return (config.stage,)
 
 
@@ -739,8 +772,7 @@ def enable_compilation_cache(path) -> pathlib.Path:
 def train_and_evaluate(config, workdir):
     """Run the stage(s) of ``config.stage`` in ``workdir``; returns the last stage's
     result (the grid record for width/width_depth/final/eval)."""
-    stages = stages_to_run(config)   # a bad stage name fails before any data loads
-    steps.dropout_key(0, config.get("dropout_prng", "threefry2x32"))   # and a bad PRNG name
+    stages = stages_to_run(config)   # a bad stage, grid or option fails before data loads
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -749,6 +781,7 @@ def train_and_evaluate(config, workdir):
     if config.get("compilation_cache_dir"):
         enable_compilation_cache(config.compilation_cache_dir)
     ctx = Context.create(config, workdir)
+    check_grid(config, ctx.model.config)   # and before any stage trains
     ckpt.write_json_atomic(workdir / "data.json", ctx.sizes)
     result = None
     for stage in stages:

@@ -147,6 +147,38 @@ def test_config_typo_and_unknown_stage_are_errors(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="bad config argument 'tsak=rte'"):
         glue.get_config("tsak=rte")
     assert glue.get_config("task=rte,stage=width,seq=64").data.max_seq_length == 64
+    # what the user can fix is one line on stderr and exit status 2, not a traceback
+    out = subprocess.run([sys.executable, str(REPO / "train.py"), "--config.stage=widht",
+                          f"--workdir={tmp_path / 'cli'}"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "train.py: error: unknown stage 'widht'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("widths, depths, match", [
+    ((1.0, 0.0), (1.0,), r"width=0\.0 is out of range"),
+    ((1.0, 0.5, 0.5), (1.0,), r"config.widths repeats a value"),
+    ((1.0,), (), r"config.depths is empty"),
+    ((1.0,), (1.5,), r"depth=1\.5 is out of range"),
+    ((1.0, "half"), (1.0,), r"width must be a number"),
+])
+def test_bad_grid_fails_before_anything_loads(tiny_bert_dir, tmp_path, widths, depths,
+                                              match):
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="all")
+    c.widths, c.depths = widths, depths
+    with pytest.raises(trainer.ConfigError, match=match):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_width_that_keeps_no_head_of_the_model_fails_before_training(tiny_bert_dir,
+                                                                     tmp_path):
+    # the tiny BERT has 4 heads: round(4 * 0.1) = 0
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="all", widths=(1.0, 0.1))
+    with pytest.raises(trainer.ConfigError, match="keeps no attention head of 4"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run" / "teacher").exists()
 
 
 def test_demo_falls_back_to_shipped_slice_equal_to_the_full_data_subset(monkeypatch,
