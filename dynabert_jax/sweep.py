@@ -1,0 +1,403 @@
+"""Run one training config over a grid of overrides (seeds, learning rates, ...) and
+summarise the dev metrics of every (width, depth) cell across the points.
+
+    python -m dynabert_jax.sweep --config configs/results.py:task=mrpc,train_size=0 \\
+        --workdir runs/sweeps/mrpc --set seed=42,1,2 --set width_depth.learning_rate=1e-4,5e-5
+
+Each ``--set KEY=V1,V2,...`` is one axis (a ``--config.KEY`` override of ``train.py``,
+values split on commas outside brackets, so ``--set 'widths=(1.0,0.5),(1.0,)'`` has two);
+the points are the axes' cartesian product, the first axis outermost. Every point trains
+with ``train.py`` in a process of its own, in ``<workdir>/<KEY=V__KEY=V>``; arguments after
+``--`` go to every run. A sweep is resumable like a run: start the same command again and
+finished points are skipped (``<workdir>/sweep.jsonl`` records them), an interrupted one
+resumes from its checkpoints, and a failed one is tried again.
+
+The summary (``<workdir>/summary.json`` and ``summary.md``, also printed) reads each
+point's grids (DynaBERT, DynaBERT_W, direct fine-tuning, no rewiring, final fine-tuning:
+whichever it trained) and its teacher. Points that differ only in ``seed`` form one group
+whose cells give the mean, standard deviation (n - 1), min and max over the seeds; every
+other point is a group of its own. ``--summary-only`` rewrites the summary from what is
+on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from dynabert_jax.checkpoint import write_json_atomic
+from dynabert_jax.results import METHODS
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SEED_KEY = "seed"
+
+
+class SweepError(ValueError):
+    """A malformed ``--set`` or a sweep folder that cannot be summarised."""
+
+
+# ---------------------------------------------------------------------------------------
+# Points
+
+
+def split_values(text: str) -> List[str]:
+    """``"1,2"`` -> ``["1", "2"]``; commas inside ``()``/``[]``/``{}`` do not split."""
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise SweepError(f"unbalanced brackets in {text!r}")
+        if ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    if depth:
+        raise SweepError(f"unbalanced brackets in {text!r}")
+    out.append("".join(cur).strip())
+    if any(not v for v in out):
+        raise SweepError(f"an empty value in {text!r}")
+    return out
+
+
+def parse_axes(specs: Sequence[str]) -> List[Tuple[str, List[str]]]:
+    """``["seed=1,2", "teacher.learning_rate=2e-5"]`` -> ``[(key, values), ...]``."""
+    axes, seen = [], set()
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip()
+        if key.startswith("config."):
+            key = key[len("config."):]
+        if not sep or not key or not values.strip():
+            raise SweepError(f"--set {spec!r}: write KEY=V1,V2,... (a config field and its "
+                             f"values)")
+        if key in seen:
+            raise SweepError(f"--set names {key!r} twice: give all its values in one --set")
+        seen.add(key)
+        vals = split_values(values)
+        if len(set(vals)) != len(vals):
+            raise SweepError(f"--set {spec!r} repeats a value")
+        axes.append((key, vals))
+    return axes
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One run of the sweep: its overrides, in axis order."""
+
+    overrides: Tuple[Tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        """The point's folder name, ``KEY=V__KEY=V``; in values, characters other than
+        letters, digits, ``.``, ``-`` and ``+`` become ``_`` (``(1.0,0.5)`` -> ``1.0_0.5``)."""
+        if not self.overrides:
+            return "base"
+        safe = lambda v: re.sub(r"[^A-Za-z0-9.+-]+", "_", v).strip("_") or "_"
+        return "__".join(f"{k}={safe(v)}" for k, v in self.overrides)
+
+    @property
+    def group(self) -> Tuple[Tuple[str, str], ...]:
+        """The overrides other than the seed: the points a summary averages over."""
+        return tuple((k, v) for k, v in self.overrides if k != SEED_KEY)
+
+    @property
+    def seed(self) -> Optional[str]:
+        return dict(self.overrides).get(SEED_KEY)
+
+
+def expand(axes: Sequence[Tuple[str, Sequence[str]]]) -> List[Point]:
+    """The cartesian product of the axes, the first one outermost."""
+    keys = [k for k, _ in axes]
+    points = [Point(tuple(zip(keys, combo)))
+              for combo in itertools.product(*(vals for _, vals in axes))]
+    names = [p.name for p in points]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise SweepError(f"values that differ only in punctuation share a folder: {clash}")
+    return points
+
+
+def check_keys(config: str, keys: Sequence[str]) -> None:
+    """`SweepError` if a swept key is not a field of the config (a typo would otherwise
+    fail every point). The config file is loaded as train.py loads it; a file that does
+    not load here is left for train.py to report."""
+    import importlib.util
+
+    path, _, arg = config.partition(":")
+    added = [str(REPO_ROOT)] if str(REPO_ROOT) not in sys.path else []
+    sys.path[:0] = added
+    try:
+        spec = importlib.util.spec_from_file_location("_dynabert_sweep_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        cfg = module.get_config(arg) if arg else module.get_config()
+    except Exception:   # noqa: BLE001 - train.py names the problem for every point
+        return
+    finally:
+        for p in added:
+            sys.path.remove(p)
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node.keys():
+                raise SweepError(f"--set {key}: {path} has no field {key!r}")
+            node = node[part]
+
+
+def command(point: Point, config: str, workdir: pathlib.Path,
+            extra: Sequence[str] = ()) -> List[str]:
+    """The ``train.py`` command line of one point."""
+    return ([sys.executable, str(REPO_ROOT / "train.py"), f"--config={config}",
+             f"--workdir={workdir / point.name}"]
+            + [f"--config.{k}={v}" for k, v in point.overrides] + list(extra))
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
+def _read_log(path: pathlib.Path) -> List[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:   # a line cut by a crash: ignore it
+                continue
+    return out
+
+
+def finished(workdir: pathlib.Path, config: str, extra: Sequence[str]) -> Dict[str, dict]:
+    """Points recorded as done (exit status 0) with this config and these extra flags."""
+    done = {}
+    for rec in _read_log(workdir / "sweep.jsonl"):
+        if rec.get("rc") == 0 and rec.get("config") == config and \
+                rec.get("extra") == list(extra):
+            done[rec["point"]] = rec
+    return done
+
+
+def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str] = (),
+              rerun: bool = False, env: Optional[Mapping[str, str]] = None) -> List[dict]:
+    """Train every point not finished yet, one process each; returns one record per
+    point (``point``, ``rc``, ``seconds``; ``skipped`` for points already done)."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = {} if rerun else finished(workdir, config, extra)
+    records = []
+    for i, p in enumerate(points, 1):
+        if p.name in done:
+            print(f"[sweep {i}/{len(points)}] {p.name}: done before, skipped", flush=True)
+            records.append({**done[p.name], "skipped": True})
+            continue
+        cmd = command(p, config, workdir, extra)
+        print(f"[sweep {i}/{len(points)}] {p.name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.time()
+        rc = subprocess.run(cmd, env=dict(env or os.environ)).returncode
+        rec = {"point": p.name, "overrides": dict(p.overrides), "config": config,
+               "extra": list(extra), "rc": rc, "seconds": round(time.time() - t0, 1),
+               "time": round(time.time(), 1)}
+        with open(workdir / "sweep.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if rc != 0:
+            print(f"[sweep {i}/{len(points)}] {p.name}: failed (exit {rc}); going on",
+                  flush=True)
+        records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------------------------------
+# Summary
+
+
+def _cells(grid: Mapping) -> Dict[Tuple[float, float], float]:
+    return {(c["width"], c["depth"]): c["metric"] for c in grid["subnets"]}
+
+
+def read_point(path: pathlib.Path) -> dict:
+    """A point's teacher metric and its grids' primary metric per cell (absent grids
+    left out): ``{"metric", "teacher", "methods": {method: {(w, d): value}}}``."""
+    from dynabert_jax.data import get_task
+
+    out = {"metric": None, "teacher": None, "methods": {}}
+    for method, (rel, _) in METHODS.items():
+        f = path / rel
+        if f.is_file():
+            grid = json.loads(f.read_text())
+            out["methods"][method] = _cells(grid)
+            out["metric"] = grid.get("metric", out["metric"])
+            if grid.get("teacher") and out["teacher"] is None:
+                out["teacher"] = grid["teacher"]["metric"]
+    teacher_eval = path / "teacher" / "eval.json"
+    if out["teacher"] is None and teacher_eval.is_file() and (path / "config.json").is_file():
+        cfg = json.loads((path / "config.json").read_text())
+        if cfg.get("task") != "squad":
+            metric = get_task(cfg["task"]).primary_metric
+            out["teacher"] = json.loads(teacher_eval.read_text())["metrics"].get(metric)
+            out["metric"] = out["metric"] or metric
+    return out
+
+
+def _stats(values: Sequence[float]) -> dict:
+    vals = [100 * v for v in values]
+    return {"mean": round(statistics.mean(vals), 2),
+            "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
+            "min": round(min(vals), 2), "max": round(max(vals), 2), "n": len(vals),
+            "values": [round(v, 2) for v in vals]}
+
+
+def summarize(points: Sequence[Point], workdir) -> dict:
+    """Group the points by their non-seed overrides; per group, per method and cell, the
+    statistics of the dev metric (x100) over the group's points that have it."""
+    workdir = pathlib.Path(workdir)
+    groups: Dict[Tuple, List[Point]] = {}
+    for p in points:
+        groups.setdefault(p.group, []).append(p)
+    out_groups, metric = [], None
+    for key, members in groups.items():
+        read = {p.name: read_point(workdir / p.name) for p in members}
+        metric = metric or next((r["metric"] for r in read.values() if r["metric"]), None)
+        g = {"overrides": dict(key), "points": [p.name for p in members],
+             "seeds": [p.seed for p in members if p.seed is not None],
+             "missing": [n for n, r in read.items()
+                         if not r["methods"] and r["teacher"] is None]}
+        teachers = [r["teacher"] for r in read.values() if r["teacher"] is not None]
+        g["teacher"] = _stats(teachers) if teachers else None
+        g["methods"] = {}
+        for method in METHODS:
+            per_cell: Dict[Tuple[float, float], List[float]] = {}
+            for r in read.values():
+                for cell, v in r["methods"].get(method, {}).items():
+                    per_cell.setdefault(cell, []).append(v)
+            if per_cell:
+                g["methods"][method] = [{"width": w, "depth": d, **_stats(vs)}
+                                        for (w, d), vs in per_cell.items()]
+        out_groups.append(g)
+    return {"metric": metric, "groups": out_groups}
+
+
+def _fmt(s: Optional[dict]) -> str:
+    if s is None:
+        return "-"
+    if s["n"] == 1:
+        return f"{s['mean']:.1f}"
+    return f"{s['mean']:.1f} ± {s['sd']:.1f} (n={s['n']})"
+
+
+def to_markdown(summary: dict) -> str:
+    """One table per method: a row per (width, depth), a column per group."""
+    groups = summary["groups"]
+    heads = [", ".join(f"{k}={v}" for k, v in g["overrides"].items()) or "all" for g in groups]
+    lines = [f"dev {summary['metric'] or 'metric'} x100; mean ± sd over seeds where a group "
+             f"has several"]
+    lines += ["", "| | " + " | ".join(heads) + " |", "|---|" + "---|" * len(groups),
+              "| teacher | " + " | ".join(_fmt(g["teacher"]) for g in groups) + " |"]
+    for method, (_, label) in METHODS.items():
+        cells = {}
+        for gi, g in enumerate(groups):
+            for c in g["methods"].get(method, []):
+                cells.setdefault((c["width"], c["depth"]), {})[gi] = c
+        if not cells:
+            continue
+        lines += ["", f"**{label}**", "",
+                  "| width | depth | " + " | ".join(heads) + " |",
+                  "|---|---|" + "---|" * len(groups)]
+        for w, d in sorted(cells, key=lambda wd: (-wd[0], -wd[1])):   # as docs/results.md
+            lines.append(f"| {w:g} | {d:g} | "
+                         + " | ".join(_fmt(cells[(w, d)].get(gi)) for gi in range(len(groups)))
+                         + " |")
+        means = []
+        for gi in range(len(groups)):
+            vals = [c[gi]["mean"] for c in cells.values() if gi in c]
+            means.append(f"{statistics.mean(vals):.1f} ({len(vals)} cells)" if vals else "-")
+        lines.append("| mean | | " + " | ".join(means) + " |")
+    missing = [n for g in groups for n in g["missing"]]
+    if missing:
+        lines += ["", f"no results yet: {', '.join(missing)}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(points: Sequence[Point], workdir) -> Tuple[dict, str]:
+    workdir = pathlib.Path(workdir)
+    summary = summarize(points, workdir)
+    md = to_markdown(summary)
+    write_json_atomic(workdir / "summary.json", summary)
+    tmp = workdir / "summary.md.tmp"
+    tmp.write_text(md)
+    tmp.replace(workdir / "summary.md")
+    return summary, md
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: List[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    ap = argparse.ArgumentParser(prog="python -m dynabert_jax.sweep",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True,
+                    help="train.py's --config (a config file, optionally file.py:args)")
+    ap.add_argument("--workdir", required=True, help="the sweep's folder (one per point)")
+    ap.add_argument("--set", dest="axes", action="append", default=[], metavar="KEY=V1,V2",
+                    help="one axis of the sweep: a config field and its values (repeatable)")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="train nothing; summarise what the points' folders hold")
+    ap.add_argument("--rerun", action="store_true",
+                    help="run points recorded as done again (each resumes or re-evaluates "
+                         "from its own folder)")
+    args = ap.parse_args(argv)
+    workdir = pathlib.Path(args.workdir)
+    try:
+        axes = parse_axes(args.axes)
+        check_keys(args.config, [k for k, _ in axes])
+        points = expand(axes)
+        if args.dry_run:
+            for p in points:
+                print(" ".join(command(p, args.config, workdir, extra)))
+            return 0
+        failed = []
+        if not args.summary_only:
+            env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+            records = run_sweep(points, args.config, workdir, extra, rerun=args.rerun,
+                                env=env)
+            failed = [r["point"] for r in records if r["rc"] != 0]
+        summary, md = write_summary(points, workdir)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the same command resumes the sweep (finished points are "
+              "skipped, the interrupted one resumes from its checkpoints)", file=sys.stderr)
+        return 130
+    print(md, end="")
+    print(f"wrote {workdir / 'summary.json'} and {workdir / 'summary.md'}")
+    if failed:
+        print(f"failed points (exit status != 0): {', '.join(failed)}; their logs are above, "
+              f"and the same command runs them again", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
