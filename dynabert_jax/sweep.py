@@ -183,12 +183,16 @@ def _read_log(path: pathlib.Path) -> List[dict]:
 
 
 def finished(workdir: pathlib.Path, config: str, extra: Sequence[str]) -> Dict[str, dict]:
-    """Points recorded as done (exit status 0) with this config and these extra flags."""
+    """Points whose last record says done (exit status 0) with this config and these
+    extra flags."""
     done = {}
     for rec in _read_log(workdir / "sweep.jsonl"):
-        if rec.get("rc") == 0 and rec.get("config") == config and \
-                rec.get("extra") == list(extra):
+        if rec.get("config") != config or rec.get("extra") != list(extra):
+            continue
+        if rec.get("rc") == 0:
             done[rec["point"]] = rec
+        else:
+            done.pop(rec.get("point"), None)
     return done
 
 
@@ -201,7 +205,7 @@ def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str
     done = {} if rerun else finished(workdir, config, extra)
     records = []
     for i, p in enumerate(points, 1):
-        if p.name in done:
+        if p.name in done and done[p.name].get("overrides") == dict(p.overrides):
             print(f"[sweep {i}/{len(points)}] {p.name}: done before, skipped", flush=True)
             records.append({**done[p.name], "skipped": True})
             continue

@@ -51,6 +51,19 @@ def test_a_key_the_config_lacks_is_refused_before_any_run(tmp_path, capsys):
     assert not (tmp_path / "sw").exists()
 
 
+def test_a_point_is_done_when_its_last_record_with_these_flags_succeeded(tmp_path):
+    rec = lambda point, rc, extra=(): json.dumps(
+        {"point": point, "overrides": {"seed": point[5:]}, "config": "c.py",
+         "extra": list(extra), "rc": rc})
+    (tmp_path / "sweep.jsonl").write_text("\n".join([
+        rec("seed=1", 0), rec("seed=2", 0), rec("seed=2", 1),   # rerun, then failed
+        rec("seed=3", 1), rec("seed=3", 0), rec("seed=4", 0, ["--config.x=1"]),
+        '{"point": "seed=5", "rc": 0, "conf']) + "\n")        # cut by a crash
+    assert sorted(sweep.finished(tmp_path, "c.py", [])) == ["seed=1", "seed=3"]
+    assert sorted(sweep.finished(tmp_path, "c.py", ["--config.x=1"])) == ["seed=4"]
+    assert sweep.finished(tmp_path, "other.py", []) == {}
+
+
 def _grid(metric_by_cell, teacher):
     return {"task": "rte", "metric": "acc", "teacher": {"metric": teacher},
             "subnets": [{"width": w, "depth": d, "metric": v}
