@@ -8,7 +8,9 @@ Each ``--set KEY=V1,V2,...`` is one axis (a ``--config.KEY`` override of ``train
 values split on commas outside brackets, so ``--set 'widths=(1.0,0.5),(1.0,)'`` has two);
 the points are the axes' cartesian product, the first axis outermost. Every point trains
 with ``train.py`` in a process of its own, in ``<workdir>/<KEY=V__KEY=V>``; arguments after
-``--`` go to every run. A sweep is resumable like a run: start the same command again and
+``--`` go to every run. The points share a compilation cache, ``<workdir>/xla-cache``
+(unless a cache folder is given or ``--no-shared-cache``), so a program is compiled once
+per sweep, not once per point. A sweep is resumable like a run: start the same command again and
 finished points are skipped (``<workdir>/sweep.jsonl`` records them), an interrupted one
 resumes from its checkpoints, and a failed one is tried again.
 
@@ -157,12 +159,23 @@ def check_keys(config: str, keys: Sequence[str]) -> None:
             node = node[part]
 
 
+CACHE_KEY = "compilation_cache_dir"
+
+
 def command(point: Point, config: str, workdir: pathlib.Path,
-            extra: Sequence[str] = ()) -> List[str]:
-    """The ``train.py`` command line of one point."""
-    return ([sys.executable, str(REPO_ROOT / "train.py"), f"--config={config}",
-             f"--workdir={workdir / point.name}"]
-            + [f"--config.{k}={v}" for k, v in point.overrides] + list(extra))
+            extra: Sequence[str] = (), shared_cache: bool = True) -> List[str]:
+    """The ``train.py`` command line of one point. With ``shared_cache`` (and no cache
+    folder named in the overrides or `extra`), every point compiles into and loads from
+    ``<workdir>/xla-cache``: points that differ only in values (seeds, rates) build the
+    same programs, so only the first point compiles them."""
+    cmd = ([sys.executable, str(REPO_ROOT / "train.py"), f"--config={config}",
+            f"--workdir={workdir / point.name}"]
+           + [f"--config.{k}={v}" for k, v in point.overrides] + list(extra))
+    named = any(k == CACHE_KEY for k, _ in point.overrides) or \
+        any(a.startswith(f"--config.{CACHE_KEY}") for a in extra)
+    if shared_cache and not named:
+        cmd.append(f"--config.{CACHE_KEY}={workdir / 'xla-cache'}")
+    return cmd
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,7 +210,8 @@ def finished(workdir: pathlib.Path, config: str, extra: Sequence[str]) -> Dict[s
 
 
 def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str] = (),
-              rerun: bool = False, env: Optional[Mapping[str, str]] = None) -> List[dict]:
+              rerun: bool = False, env: Optional[Mapping[str, str]] = None,
+              shared_cache: bool = True) -> List[dict]:
     """Train every point not finished yet, one process each; returns one record per
     point (``point``, ``rc``, ``seconds``; ``skipped`` for points already done)."""
     workdir = pathlib.Path(workdir)
@@ -209,7 +223,7 @@ def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str
             print(f"[sweep {i}/{len(points)}] {p.name}: done before, skipped", flush=True)
             records.append({**done[p.name], "skipped": True})
             continue
-        cmd = command(p, config, workdir, extra)
+        cmd = command(p, config, workdir, extra, shared_cache)
         print(f"[sweep {i}/{len(points)}] {p.name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.time()
         rc = subprocess.run(cmd, env=dict(env or os.environ)).returncode
@@ -367,6 +381,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--summary-only", action="store_true",
                     help="train nothing; summarise what the points' folders hold")
+    ap.add_argument("--no-shared-cache", action="store_true",
+                    help="do not share compiled programs between the points through "
+                         "<workdir>/xla-cache")
     ap.add_argument("--rerun", action="store_true",
                     help="run points recorded as done again (each resumes or re-evaluates "
                          "from its own folder)")
@@ -378,13 +395,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         points = expand(axes)
         if args.dry_run:
             for p in points:
-                print(" ".join(command(p, args.config, workdir, extra)))
+                print(" ".join(command(p, args.config, workdir, extra,
+                                       not args.no_shared_cache)))
             return 0
         failed = []
         if not args.summary_only:
             env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
             records = run_sweep(points, args.config, workdir, extra, rerun=args.rerun,
-                                env=env)
+                                env=env, shared_cache=not args.no_shared_cache)
             failed = [r["point"] for r in records if r["rc"] != 0]
         summary, md = write_summary(points, workdir)
     except SweepError as e:

@@ -32,7 +32,13 @@ def test_points_are_the_product_first_axis_outermost(tmp_path):
     cmd = sweep.command(points[0], "configs/glue.py:task=rte", tmp_path, ["--config.x=1"])
     assert cmd[2:] == ["--config=configs/glue.py:task=rte",
                        f"--workdir={tmp_path / 'seed=42__widths=1.0_0.5'}",
-                       "--config.seed=42", "--config.widths=(1.0,0.5)", "--config.x=1"]
+                       "--config.seed=42", "--config.widths=(1.0,0.5)", "--config.x=1",
+                       f"--config.compilation_cache_dir={tmp_path / 'xla-cache'}"]
+    # a cache folder of the user's own, or none
+    mine = sweep.command(points[0], "c.py", tmp_path, ["--config.compilation_cache_dir=/c"])
+    assert mine[-1] == "--config.compilation_cache_dir=/c" and mine.count(mine[-1]) == 1
+    assert sweep.command(points[0], "c.py", tmp_path, shared_cache=False)[-1] == \
+        "--config.widths=(1.0,0.5)"
     with pytest.raises(sweep.SweepError, match="share a folder"):
         sweep.expand(sweep.parse_axes(["widths=(1.0,0.5),[1.0,0.5]"]))
     assert sweep.expand([]) == [sweep.Point(())] and sweep.Point(()).name == "base"
@@ -139,6 +145,7 @@ def test_sweep_trains_each_seed_then_skips_them_on_rerun(tiny_bert_dir, tmp_path
     log = [json.loads(line) for line in (tmp_path / "sw" / "sweep.jsonl").read_text()
            .splitlines()]
     assert [(r["point"], r["rc"]) for r in log] == [("seed=0", 0), ("seed=1", 0)]
+    assert any((tmp_path / "sw" / "xla-cache").iterdir())   # the points' shared cache
     # run again: both points are recorded as done and skipped, the summary is the same
     assert sweep.main(args) == 0
     assert capsys.readouterr().out.count("done before, skipped") == 2
