@@ -51,6 +51,10 @@ def main(argv):
         # what the user can fix gets one line, not a traceback; checkpoints are kept
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ntrain.py: interrupted. The same command resumes from the last checkpoint "
+              f"in {workdir} (written every config.checkpoint_every steps).", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A run killed at any point resumes where it was, and ends bit-identical on CPU."""
+"""A run killed at any point (SIGKILL, then Ctrl-C) resumes where it was, and ends
+bit-identical on CPU."""
 import os
 import pathlib
 import signal
@@ -70,6 +71,25 @@ def test_killed_run_resumes_bit_identical(tiny_bert_dir, tmp_path):
         time.sleep(0.02)
     proc.wait()
     assert killed_at is not None and killed_at < 12, "the run was not killed mid-stage"
+
+    # resumed, then interrupted as Ctrl-C does: a one-line hint and exit status 130
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(_cmd(tiny_bert_dir, tmp_path, run, teacher), env=env,
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        interrupted_at = None
+        while time.time() < deadline and proc.poll() is None:
+            steps_done = [int(p.name) for p in latest.glob("*") if p.name.isdigit()]
+            if max(steps_done) > killed_at:
+                proc.send_signal(signal.SIGINT)
+                interrupted_at = max(steps_done)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=120)
+    text = log.read_text()
+    assert interrupted_at is not None and interrupted_at < 12, "not interrupted mid-stage"
+    assert proc.returncode == 130, text[-3000:]
+    assert "train.py: interrupted. The same command resumes" in text
 
     subprocess.run(_cmd(tiny_bert_dir, tmp_path, run, teacher), check=True, env=env,
                    cwd=REPO, capture_output=True)
