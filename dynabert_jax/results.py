@@ -79,7 +79,8 @@ def paper_cell(task: str, width: float, depth: float) -> Optional[float]:
     return entry[1][width][_PAPER_DEPTHS.index(depth)]
 
 
-def _jsonl(path: pathlib.Path) -> List[dict]:
+def read_jsonl(path: pathlib.Path) -> List[dict]:
+    """The records of a JSON-lines file ([] if absent); a line cut by a kill is skipped."""
     if not path.is_file():
         return []
     out = []
@@ -95,7 +96,7 @@ def _jsonl(path: pathlib.Path) -> List[dict]:
 
 def _stage_setup(workdir: pathlib.Path, stage: str, scfg: Mapping) -> Optional[dict]:
     """Steps and settings of one trained stage folder (None if it never trained)."""
-    rows = [r for r in _jsonl(workdir / stage / "metrics.jsonl") if "loss" in r]
+    rows = [r for r in read_jsonl(workdir / stage / "metrics.jsonl") if "loss" in r]
     if not rows:
         return None
     return {"steps": max(r["step"] for r in rows), "batch_size": scfg.get("batch_size"),
@@ -136,7 +137,7 @@ def collect_run(workdir) -> dict:
         stages["direct"] = dict(per[0], shapes=len(per))
     wall: Dict[str, float] = {}
     device = None
-    for row in _jsonl(workdir / "stages.jsonl"):
+    for row in read_jsonl(workdir / "stages.jsonl"):
         wall[row["stage"]] = wall.get(row["stage"], 0.0) + float(row["seconds"])
         device = row.get("device", device)
     data_sizes = read_json(workdir / "data.json", "") if (workdir / "data.json").is_file() \
@@ -161,14 +162,14 @@ def collect_run(workdir) -> dict:
     return record
 
 
-def _cells(record: Mapping) -> Dict[tuple, Mapping]:
+def grid_cells(record: Mapping) -> Dict[tuple, Mapping]:
     return {(float(c["width"]), float(c["depth"])): c for c in record.get("subnets", [])}
 
 
 def targets(record: Mapping) -> dict:
     """The issue's targets, measured (metric points = x100 for ratio metrics)."""
     scale = 100.0
-    cells = _cells(record)
+    cells = grid_cells(record)
     out: dict = {}
     teacher = record.get("teacher", {}).get("metric")
     full = cells.get((1.0, 1.0))
@@ -183,7 +184,7 @@ def targets(record: Mapping) -> dict:
         out["smallest_within_3_of_teacher"] = gap >= -3.0
     direct = record.get("baselines", {}).get("direct")
     if direct:
-        dcells = _cells(direct)
+        dcells = grid_cells(direct)
         diffs = {f"{w:g},{d:g}": round((c["metric"] - dcells[(w, d)]["metric"]) * scale, 2)
                  for (w, d), c in cells.items() if (w, d) in dcells}
         out["minus_direct"] = diffs
@@ -297,8 +298,8 @@ def task_markdown(record: Mapping, image: Optional[str] = None) -> str:
         (["paper (BERT-base)"] if task in PAPER_TABLE1 else [])
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
-    bcells = {k: _cells(v) for k, v in base.items()}
-    for (w, d), c in sorted(_cells(record).items(), key=lambda kv: (-kv[0][0], -kv[0][1])):
+    bcells = {k: grid_cells(v) for k, v in base.items()}
+    for (w, d), c in sorted(grid_cells(record).items(), key=lambda kv: (-kv[0][0], -kv[0][1])):
         key = f"{w:g},{d:g}"
         row = [f"{w:g}", f"{d:g}", f"{c['params'] / 1e6:.1f}", f"{c['flops'] / 1e9:.2f}"]
         row += [f"{lat[b]['ms'][key]:.1f}" if key in lat[b]["ms"] else "-" for b in lat_cols]
@@ -333,7 +334,7 @@ def summary_markdown(records: Sequence[Mapping]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in records:
         t = r.get("targets", {})
-        full = _cells(r).get((1.0, 1.0), {}).get("metric")
+        full = grid_cells(r).get((1.0, 1.0), {}).get("metric")
         diffs = t.get("minus_direct", {})
         worst = min(diffs.items(), key=lambda kv: kv[1]) if diffs else None
         lines.append("| " + " | ".join([

@@ -37,7 +37,7 @@ import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dynabert_jax.checkpoint import write_json_atomic
-from dynabert_jax.results import METHODS
+from dynabert_jax.results import METHODS, grid_cells, read_jsonl
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEED_KEY = "seed"
@@ -182,24 +182,11 @@ def command(point: Point, config: str, workdir: pathlib.Path,
 # Running
 
 
-def _read_log(path: pathlib.Path) -> List[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:   # a line cut by a crash: ignore it
-                continue
-    return out
-
-
 def finished(workdir: pathlib.Path, config: str, extra: Sequence[str]) -> Dict[str, dict]:
     """Points whose last record says done (exit status 0) with this config and these
     extra flags."""
     done = {}
-    for rec in _read_log(workdir / "sweep.jsonl"):
+    for rec in read_jsonl(workdir / "sweep.jsonl"):
         if rec.get("config") != config or rec.get("extra") != list(extra):
             continue
         if rec.get("rc") == 0:
@@ -243,10 +230,6 @@ def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str
 # Summary
 
 
-def _cells(grid: Mapping) -> Dict[Tuple[float, float], float]:
-    return {(c["width"], c["depth"]): c["metric"] for c in grid["subnets"]}
-
-
 def read_point(path: pathlib.Path) -> dict:
     """A point's teacher metric and its grids' primary metric per cell (absent grids
     left out): ``{"metric", "teacher", "methods": {method: {(w, d): value}}}``."""
@@ -257,7 +240,7 @@ def read_point(path: pathlib.Path) -> dict:
         f = path / rel
         if f.is_file():
             grid = json.loads(f.read_text())
-            out["methods"][method] = _cells(grid)
+            out["methods"][method] = {k: c["metric"] for k, c in grid_cells(grid).items()}
             out["metric"] = grid.get("metric", out["metric"])
             if grid.get("teacher") and out["teacher"] is None:
                 out["teacher"] = grid["teacher"]["metric"]
