@@ -10,9 +10,11 @@ the points are the axes' cartesian product, the first axis outermost. Every poin
 with ``train.py`` in a process of its own, in ``<workdir>/<KEY=V__KEY=V>``; arguments after
 ``--`` go to every run. The points share a compilation cache, ``<workdir>/xla-cache``
 (unless a cache folder is given or ``--no-shared-cache``), so a program is compiled once
-per sweep, not once per point. A sweep is resumable like a run: start the same command again and
-finished points are skipped (``<workdir>/sweep.jsonl`` records them), an interrupted one
-resumes from its checkpoints, and a failed one is tried again.
+per sweep, not once per point. ``--lanes N`` trains N points at once, each lane pinned
+to its share of the cores (``--pin cpu``) or GPUs (``--pin cuda``), with each point's
+output in ``<workdir>/logs/<point>.log``. A sweep is resumable like a run: start the
+same command again and finished points are skipped (``<workdir>/sweep.jsonl`` records
+them), an interrupted one resumes from its checkpoints, and a failed one is tried again.
 
 The summary (``<workdir>/summary.json`` and ``summary.md``, also printed) reads each
 point's grids (DynaBERT, DynaBERT_W, direct fine-tuning, no rewiring, final fine-tuning:
@@ -30,9 +32,11 @@ import json
 import os
 import pathlib
 import re
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -179,6 +183,87 @@ def command(point: Point, config: str, workdir: pathlib.Path,
 
 
 # ---------------------------------------------------------------------------------------
+# Lanes: points trained side by side, each on its own cores or GPUs
+
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Lane:
+    """Where one lane's points run: extra environment variables and, for CPU lanes, the
+    cores its processes are pinned to (``os.sched_setaffinity``)."""
+
+    index: int
+    env: Tuple[Tuple[str, str], ...] = ()
+    cpus: Optional[Tuple[int, ...]] = None
+
+    def describe(self) -> str:
+        where = [f"cpus {','.join(map(str, self.cpus))}"] if self.cpus is not None else []
+        where += [f"{k}={v}" for k, v in self.env if k == "CUDA_VISIBLE_DEVICES"]
+        return f"lane {self.index}" + (f" ({'; '.join(where)})" if where else "")
+
+
+def split_evenly(items: Sequence, n: int) -> List[Tuple]:
+    """``n`` contiguous chunks whose sizes differ by at most one, larger first."""
+    size, rest = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (i < rest)
+        out.append(tuple(items[start:end]))
+        start = end
+    return out
+
+
+def cuda_devices(env: Mapping[str, str]) -> List[str]:
+    """The GPUs a sweep may hand out: ``CUDA_VISIBLE_DEVICES`` if set, else the ones
+    ``nvidia-smi -L`` lists (JAX is not imported: it would claim GPU memory here)."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines()
+                                            if l.startswith("GPU "))]
+
+
+def make_lanes(lanes: int, pin: str, env: Mapping[str, str]) -> List[Lane]:
+    """``lanes`` lanes. ``pin``: ``cpu`` splits this process's cores between them (a
+    one-core lane also gets XLA's one-thread flags), ``cuda`` splits the GPUs
+    (``CUDA_VISIBLE_DEVICES``), ``none`` runs them side by side unpinned, ``auto`` is
+    ``cuda`` where GPUs are found, else ``cpu``; with one lane ``auto`` pins nothing."""
+    if lanes < 1:
+        raise SweepError(f"--lanes must be at least 1, got {lanes}")
+    if pin not in ("auto", "cpu", "cuda", "none"):
+        raise SweepError(f"--pin must be auto, cpu, cuda or none, got {pin!r}")
+    if pin == "auto":
+        pin = "none" if lanes == 1 else ("cuda" if cuda_devices(env) else "cpu")
+    if pin == "none":
+        return [Lane(i) for i in range(lanes)]
+    if pin == "cpu":
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < lanes:
+            raise SweepError(f"--lanes {lanes} with --pin cpu needs {lanes} cores; this "
+                             f"process may use {len(cpus)}")
+        out = []
+        for i, chunk in enumerate(split_evenly(cpus, lanes)):
+            extra = ()
+            if len(chunk) == 1:
+                flags = (env.get("XLA_FLAGS", "") + " " + XLA_ONE_THREAD).strip()
+                extra = (("XLA_FLAGS", flags),)
+            out.append(Lane(i, extra, chunk))
+        return out
+    gpus = cuda_devices(env)
+    if len(gpus) < lanes:
+        raise SweepError(f"--lanes {lanes} with --pin cuda needs {lanes} GPUs; found "
+                         f"{len(gpus)} (CUDA_VISIBLE_DEVICES or nvidia-smi -L)")
+    return [Lane(i, (("CUDA_VISIBLE_DEVICES", ",".join(chunk)),))
+            for i, chunk in enumerate(split_evenly(gpus, lanes))]
+
+
+# ---------------------------------------------------------------------------------------
 # Running
 
 
@@ -196,33 +281,164 @@ def finished(workdir: pathlib.Path, config: str, extra: Sequence[str]) -> Dict[s
     return done
 
 
+#: Run by a pinned lane's child: set its cores, then become the point's command. (A
+#: ``preexec_fn`` would run Python between fork and exec in a multithreaded parent.)
+_PIN = "import os, sys; os.sched_setaffinity(0, {cpus}); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+@dataclasses.dataclass
+class _Job:
+    name: str
+    cmd: List[str]
+    lane: Lane
+    proc: subprocess.Popen
+    start: float
+    log: Optional[pathlib.Path]
+
+
+def run_jobs(jobs: Sequence[Tuple[str, List[str]]], lanes: Sequence[Lane],
+             env: Mapping[str, str], log_dir: Optional[pathlib.Path] = None,
+             on_start=None, on_done=None, poll: float = 0.5) -> List[dict]:
+    """Run the ``(name, command)`` jobs in order, at most one per lane at a time; returns
+    ``{"name", "rc", "seconds", "lane", "log"}`` per job in the order they end; calls
+    ``on_start(name, lane)`` as each starts and ``on_done(record)`` as each ends. With
+    ``log_dir`` each job's output goes to ``<log_dir>/<name>.log`` (else it shares this
+    terminal). A job runs in a session of its own, so Ctrl-C reaches the sweep only; on
+    it (or SIGTERM, or SIGHUP when the terminal closes) the sweep passes one SIGINT to
+    every running job, waits for them to stop and raises KeyboardInterrupt. No job is
+    left running unwatched, to clash with a rerun of its point."""
+    pending = list(jobs)
+    free = list(lanes)
+    running: List[_Job] = []
+    records: List[dict] = []
+
+    def start(name: str, cmd: List[str], lane: Lane) -> _Job:
+        log = None
+        out = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log = log_dir / f"{name}.log"
+            out = open(log, "ab")
+        if lane.cpus is not None:   # pinned in the child, then exec: no preexec_fn
+            cmd = [sys.executable, "-c", _PIN.format(cpus=list(lane.cpus))] + list(cmd)
+        try:
+            proc = subprocess.Popen(
+                cmd, env={**env, **dict(lane.env)}, stdout=out,
+                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        finally:
+            if out is not None:
+                out.close()
+        return _Job(name, cmd, lane, proc, time.time(), log)
+
+    def end(job: _Job, rc: int) -> None:
+        running.remove(job)
+        free.append(job.lane)
+        free.sort(key=lambda ln: ln.index)
+        rec = {"name": job.name, "rc": rc, "seconds": round(time.time() - job.start, 1),
+               "lane": job.lane.index, "log": str(job.log) if job.log else None}
+        records.append(rec)
+        if on_done is not None:
+            on_done(rec)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    restore = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            restore[sig] = signal.signal(sig, interrupt)
+    try:
+        while pending or running:
+            while pending and free:
+                name, cmd = pending.pop(0)
+                lane = free.pop(0)
+                if on_start is not None:
+                    on_start(name, lane)
+                running.append(start(name, cmd, lane))
+            for job in list(running):
+                rc = job.proc.poll()
+                if rc is not None:
+                    end(job, rc)
+            if running:
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        for job in running:
+            if job.proc.poll() is None:
+                job.proc.send_signal(signal.SIGINT)
+        deadline = time.time() + 120
+        for job in list(running):
+            try:
+                rc = job.proc.wait(timeout=max(1.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+                rc = job.proc.wait()
+            end(job, rc)
+        raise
+    finally:
+        for job in running:   # only after an unexpected error: leave no orphans
+            if job.proc.poll() is None:
+                job.proc.kill()
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+    return records
+
+
 def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str] = (),
               rerun: bool = False, env: Optional[Mapping[str, str]] = None,
-              shared_cache: bool = True) -> List[dict]:
-    """Train every point not finished yet, one process each; returns one record per
-    point (``point``, ``rc``, ``seconds``; ``skipped`` for points already done)."""
+              shared_cache: bool = True, lanes: int = 1, pin: str = "auto") -> List[dict]:
+    """Train every point not finished yet, one process each, ``lanes`` at a time (see
+    `make_lanes`); returns one record per point (``point``, ``rc``, ``seconds``;
+    ``skipped`` for points already done). With more than one lane each point's output
+    goes to ``<workdir>/logs/<point>.log``."""
     workdir = pathlib.Path(workdir)
+    env = dict(env or os.environ)
+    lane_list = make_lanes(lanes, pin, env)
     workdir.mkdir(parents=True, exist_ok=True)
     done = {} if rerun else finished(workdir, config, extra)
-    records = []
+    records, jobs, number = [], [], {}
     for i, p in enumerate(points, 1):
+        number[p.name] = i
         if p.name in done and done[p.name].get("overrides") == dict(p.overrides):
             print(f"[sweep {i}/{len(points)}] {p.name}: done before, skipped", flush=True)
             records.append({**done[p.name], "skipped": True})
-            continue
-        cmd = command(p, config, workdir, extra, shared_cache)
-        print(f"[sweep {i}/{len(points)}] {p.name}: {' '.join(cmd[1:])}", flush=True)
-        t0 = time.time()
-        rc = subprocess.run(cmd, env=dict(env or os.environ)).returncode
+        else:
+            jobs.append((p.name, command(p, config, workdir, extra, shared_cache)))
+    by_name = {p.name: p for p in points}
+    log_dir = workdir / "logs" if len(lane_list) > 1 else None
+    if jobs and len(lane_list) > 1:
+        print(f"[sweep] {len(jobs)} point(s) on {len(lane_list)} lanes: "
+              f"{'; '.join(ln.describe() for ln in lane_list)}; logs in {log_dir}", flush=True)
+
+    def on_done(r: dict) -> None:
+        p = by_name[r["name"]]
         rec = {"point": p.name, "overrides": dict(p.overrides), "config": config,
-               "extra": list(extra), "rc": rc, "seconds": round(time.time() - t0, 1),
+               "extra": list(extra), "rc": r["rc"], "seconds": r["seconds"],
                "time": round(time.time(), 1)}
+        if log_dir is not None:
+            rec.update(lane=r["lane"], log=r["log"])
         with open(workdir / "sweep.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
-        if rc != 0:
-            print(f"[sweep {i}/{len(points)}] {p.name}: failed (exit {rc}); going on",
+        tag = f"[sweep {number[p.name]}/{len(points)}] {p.name}"
+        if r["rc"] == 0:
+            print(f"{tag}: done in {r['seconds']:.0f} s", flush=True)
+        elif r["rc"] in (130, -signal.SIGINT):
+            print(f"{tag}: interrupted (exit {r['rc']}); it resumes from its checkpoints",
                   flush=True)
+        else:
+            print(f"{tag}: failed (exit {r['rc']}); going on", flush=True)
+            if r["log"]:
+                tail = pathlib.Path(r["log"]).read_text(errors="replace").splitlines()[-5:]
+                print("\n".join(f"    {line}" for line in tail), flush=True)
         records.append(rec)
+
+    commands = dict(jobs)
+
+    def on_start(name: str, lane: Lane) -> None:
+        where = f" on {lane.describe()}" if log_dir is not None else ""
+        print(f"[sweep {number[name]}/{len(points)}] {name}{where}: "
+              f"{' '.join(commands[name][1:])}", flush=True)
+
+    run_jobs(jobs, lane_list, env, log_dir, on_start, on_done)
     return records
 
 
@@ -367,6 +583,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--no-shared-cache", action="store_true",
                     help="do not share compiled programs between the points through "
                          "<workdir>/xla-cache")
+    ap.add_argument("--lanes", type=int, default=1,
+                    help="train this many points at once (default 1); with more than one, "
+                         "each point's output goes to <workdir>/logs/<point>.log")
+    ap.add_argument("--pin", default="auto", choices=("auto", "cpu", "cuda", "none"),
+                    help="how lanes share the machine: cpu splits the cores, cuda the GPUs "
+                         "(CUDA_VISIBLE_DEVICES), none runs them unpinned; auto (default) "
+                         "is cuda where nvidia-smi lists GPUs, else cpu")
     ap.add_argument("--rerun", action="store_true",
                     help="run points recorded as done again (each resumes or re-evaluates "
                          "from its own folder)")
@@ -385,7 +608,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.summary_only:
             env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
             records = run_sweep(points, args.config, workdir, extra, rerun=args.rerun,
-                                env=env, shared_cache=not args.no_shared_cache)
+                                env=env, shared_cache=not args.no_shared_cache,
+                                lanes=args.lanes, pin=args.pin)
             failed = [r["point"] for r in records if r["rc"] != 0]
         summary, md = write_summary(points, workdir)
     except SweepError as e:
@@ -393,12 +617,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the same command resumes the sweep (finished points are "
-              "skipped, the interrupted one resumes from its checkpoints)", file=sys.stderr)
+              "skipped, interrupted ones resume from their checkpoints)", file=sys.stderr)
         return 130
     print(md, end="")
     print(f"wrote {workdir / 'summary.json'} and {workdir / 'summary.md'}")
     if failed:
-        print(f"failed points (exit status != 0): {', '.join(failed)}; their logs are above, "
+        where = (f"in {workdir / 'logs'}" if args.lanes > 1 else "above")
+        print(f"failed points (exit status != 0): {', '.join(failed)}; their logs are {where}, "
               f"and the same command runs them again", file=sys.stderr)
         return 1
     return 0

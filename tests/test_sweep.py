@@ -1,5 +1,10 @@
-"""The sweep runner: axes, folder names, resuming, and the summary over seeds."""
+"""The sweep runner: axes, folder names, lanes, resuming, and the summary over seeds."""
 import json
+import os
+import signal
+import sys
+import threading
+import time
 
 import jax
 import pytest
@@ -70,6 +75,108 @@ def test_a_point_is_done_when_its_last_record_with_these_flags_succeeded(tmp_pat
     assert sweep.finished(tmp_path, "other.py", []) == {}
 
 
+def test_lanes_split_the_cores_or_the_gpus(monkeypatch):
+    assert sweep.split_evenly([0, 1, 2, 3, 4], 2) == [(0, 1, 2), (3, 4)]
+    assert sweep.split_evenly([0, 1], 2) == [(0,), (1,)]
+    # GPUs: CUDA_VISIBLE_DEVICES if set (nvidia-smi otherwise), split between the lanes
+    lanes = sweep.make_lanes(2, "cuda", {"CUDA_VISIBLE_DEVICES": "0,1,4,5"})
+    assert [dict(ln.env) for ln in lanes] == [{"CUDA_VISIBLE_DEVICES": "0,1"},
+                                              {"CUDA_VISIBLE_DEVICES": "4,5"}]
+    assert lanes[1].cpus is None and "CUDA_VISIBLE_DEVICES=4,5" in lanes[1].describe()
+    with pytest.raises(sweep.SweepError, match="needs 3 GPUs; found 2"):
+        sweep.make_lanes(3, "cuda", {"CUDA_VISIBLE_DEVICES": "0,1"})
+    # cores: this process's affinity, split; a one-core lane also gets one XLA thread
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {4, 2, 3})
+    wide, narrow = sweep.make_lanes(2, "cpu", {"XLA_FLAGS": "--xla_dump_to=/d"})
+    assert (wide.cpus, wide.env) == ((2, 3), ())
+    assert narrow.cpus == (4,) and dict(narrow.env)["XLA_FLAGS"] == (
+        "--xla_dump_to=/d " + sweep.XLA_ONE_THREAD)
+    assert narrow.describe() == "lane 1 (cpus 4)"
+    with pytest.raises(sweep.SweepError, match="needs 4 cores; this process may use 3"):
+        sweep.make_lanes(4, "cpu", {})
+    # auto: GPUs where there are any, else cores; one lane pins nothing
+    monkeypatch.setattr(sweep, "cuda_devices", lambda env: [])
+    assert [ln.cpus for ln in sweep.make_lanes(2, "auto", {})] == [(2, 3), (4,)]
+    assert sweep.make_lanes(1, "auto", {}) == [sweep.Lane(0)]
+    monkeypatch.setattr(sweep, "cuda_devices", lambda env: ["0", "1"])
+    assert dict(sweep.make_lanes(2, "auto", {})[0].env) == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert sweep.make_lanes(3, "none", {}) == [sweep.Lane(i) for i in range(3)]
+    for bad, match in [((0, "cpu"), "at least 1"), ((2, "tpu"), "--pin must be")]:
+        with pytest.raises(sweep.SweepError, match=match):
+            sweep.make_lanes(*bad, {})
+
+
+_JOB = """
+import json, os, sys, time
+out = sys.argv[1]
+t0 = time.time()
+try:
+    open(out + '.ready', 'w').close()
+    time.sleep(float(sys.argv[2]))
+except KeyboardInterrupt:
+    open(out + '.sigint', 'w').close()
+    sys.exit(130)
+print('job output')
+json.dump({'cpus': sorted(os.sched_getaffinity(0)), 'lane': os.environ.get('LANE'),
+           't0': t0, 't1': time.time()}, open(out, 'w'))
+sys.exit(int(sys.argv[3]))
+"""
+
+
+def _lanes_for_test():
+    cpus = sorted(os.sched_getaffinity(0))
+    pins = [(cpus[0],), (cpus[1],)] if len(cpus) >= 2 else [None, None]
+    return [sweep.Lane(i, (("LANE", str(i)),), pins[i]) for i in range(2)]
+
+
+def test_jobs_run_side_by_side_one_per_lane_pinned_and_logged(tmp_path):
+    lanes = _lanes_for_test()
+    jobs = [(f"j{i}", [sys.executable, "-c", _JOB, str(tmp_path / f"j{i}"), "1.5", rc])
+            for i, rc in enumerate(["0", "3", "0"])]
+    started = []
+    records = sweep.run_jobs(jobs, lanes, dict(os.environ), tmp_path / "logs",
+                             on_start=lambda name, lane: started.append((name, lane.index)),
+                             poll=0.05)
+    assert started[:2] == [("j0", 0), ("j1", 1)] and started[2][0] == "j2"
+    by_name = {r["name"]: r for r in records}
+    assert {n: r["rc"] for n, r in by_name.items()} == {"j0": 0, "j1": 3, "j2": 0}
+    runs = {n: json.loads((tmp_path / n).read_text()) for n in by_name}
+    for name, run in runs.items():
+        lane = lanes[by_name[name]["lane"]]
+        assert run["lane"] == str(lane.index)                 # the lane's environment
+        if lane.cpus is not None:
+            assert run["cpus"] == list(lane.cpus)             # pinned to the lane's core
+        assert (tmp_path / "logs" / f"{name}.log").read_text() == "job output\n"
+    assert runs["j1"]["t0"] < runs["j0"]["t1"] and runs["j0"]["t0"] < runs["j1"]["t1"]
+    assert runs["j2"]["t0"] >= min(runs["j0"]["t1"], runs["j1"]["t1"])   # a lane freed
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_passes_one_sigint_to_each_running_job_and_waits(tmp_path, signum):
+    jobs = [(f"j{i}", [sys.executable, "-c", _JOB, str(tmp_path / f"j{i}"), "60", "0"])
+            for i in range(3)]
+    done = []
+
+    def press_ctrl_c():   # once both lanes' jobs run: Ctrl-C at a terminal, or a kill
+        deadline = time.time() + 60
+        while not all((tmp_path / f"j{i}.ready").exists() for i in range(2)):
+            if time.time() > deadline:
+                return
+            time.sleep(0.05)
+        signal.raise_signal(signum)   # handled in this (the main) thread
+
+    t0 = time.time()
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_jobs(jobs, _lanes_for_test(), dict(os.environ), tmp_path / "logs",
+                       on_done=done.append, poll=0.05)
+    assert time.time() - t0 < 50
+    assert sorted((r["name"], r["rc"]) for r in done) == [("j0", 130), ("j1", 130)]
+    assert (tmp_path / "j0.sigint").exists() and (tmp_path / "j1.sigint").exists()
+    assert not (tmp_path / "j2.ready").exists()   # never started
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is restored
+
+
 def _grid(metric_by_cell, teacher):
     return {"task": "rte", "metric": "acc", "teacher": {"metric": teacher},
             "subnets": [{"width": w, "depth": d, "metric": v}
@@ -119,14 +226,18 @@ def _flags(tiny_bert_dir, tmp_path, teacher):
 
 
 @pytest.mark.slow
-def test_sweep_trains_each_seed_then_skips_them_on_rerun(tiny_bert_dir, tmp_path, capsys):
+def test_sweep_trains_seeds_in_two_lanes_then_skips_them_on_rerun(tiny_bert_dir, tmp_path,
+                                                                   capsys):
     teacher = dj.save_pretrained_pytorch(*dj.from_pretrained_pytorch(
         tiny_bert_dir, head="classification", num_labels=2, rng=jax.random.PRNGKey(3)),
         tmp_path / "teacher")
     args = ["--config", f"{REPO}/configs/default.py", "--workdir", str(tmp_path / "sw"),
             "--set", "seed=0,1", "--"] + _flags(tiny_bert_dir, tmp_path, teacher)
-    assert sweep.main(args) == 0
+    # two lanes: both seeds train at once, each on its share of the cores, logged apart
+    i = args.index("--")
+    assert sweep.main(args[:i] + ["--lanes", "2"] + args[i:]) == 0
     out = capsys.readouterr().out
+    assert out.count("[sweep] 2 point(s) on 2 lanes") == 1
     summary = json.loads((tmp_path / "sw" / "summary.json").read_text())
     (group,) = summary["groups"]
     assert group["seeds"] == ["0", "1"] and not group["missing"]
@@ -144,7 +255,10 @@ def test_sweep_trains_each_seed_then_skips_them_on_rerun(tiny_bert_dir, tmp_path
     assert "**DynaBERT**" in out
     log = [json.loads(line) for line in (tmp_path / "sw" / "sweep.jsonl").read_text()
            .splitlines()]
-    assert [(r["point"], r["rc"]) for r in log] == [("seed=0", 0), ("seed=1", 0)]
+    assert sorted((r["point"], r["rc"], r["lane"]) for r in log) == [("seed=0", 0, 0),
+                                                                      ("seed=1", 0, 1)]
+    for r in log:
+        assert "width_depth" in (tmp_path / "sw" / "logs" / f"{r['point']}.log").read_text()
     assert any((tmp_path / "sw" / "xla-cache").iterdir())   # the points' shared cache
     # run again: both points are recorded as done and skipped, the summary is the same
     assert sweep.main(args) == 0
