@@ -281,9 +281,16 @@ def finished(workdir: pathlib.Path, config: str, extra: Sequence[str]) -> Dict[s
     return done
 
 
-#: Run by a pinned lane's child: set its cores, then become the point's command. (A
-#: ``preexec_fn`` would run Python between fork and exec in a multithreaded parent.)
-_PIN = "import os, sys; os.sched_setaffinity(0, {cpus}); os.execvp(sys.argv[1], sys.argv[1:])"
+#: How a point's process starts: SIGINT back to its default (so the one the sweep
+#: passes on stops it cleanly, even where the sweep itself ignores SIGINT), the lane's
+#: cores if it has any, then the point's command in its place. (A ``preexec_fn`` would
+#: run Python between fork and exec in a multithreaded parent.)
+_START = "\n".join([
+    "import os, signal, sys",
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)",
+    "if {cpus}:",
+    "    os.sched_setaffinity(0, {cpus})",
+    "os.execvp(sys.argv[1], sys.argv[1:])"])
 
 
 @dataclasses.dataclass
@@ -304,9 +311,10 @@ def run_jobs(jobs: Sequence[Tuple[str, List[str]]], lanes: Sequence[Lane],
     ``on_start(name, lane)`` as each starts and ``on_done(record)`` as each ends. With
     ``log_dir`` each job's output goes to ``<log_dir>/<name>.log`` (else it shares this
     terminal). A job runs in a session of its own, so Ctrl-C reaches the sweep only; on
-    it (or SIGTERM, or SIGHUP when the terminal closes) the sweep passes one SIGINT to
-    every running job, waits for them to stop and raises KeyboardInterrupt. No job is
-    left running unwatched, to clash with a rerun of its point."""
+    it (or SIGTERM, or SIGHUP when the terminal closes; a signal this process ignores
+    stays ignored) the sweep passes one SIGINT to every running job, waits for them to
+    stop and raises KeyboardInterrupt. No job is left running unwatched, to clash with
+    a rerun of its point."""
     pending = list(jobs)
     free = list(lanes)
     running: List[_Job] = []
@@ -319,8 +327,7 @@ def run_jobs(jobs: Sequence[Tuple[str, List[str]]], lanes: Sequence[Lane],
             log_dir.mkdir(parents=True, exist_ok=True)
             log = log_dir / f"{name}.log"
             out = open(log, "ab")
-        if lane.cpus is not None:   # pinned in the child, then exec: no preexec_fn
-            cmd = [sys.executable, "-c", _PIN.format(cpus=list(lane.cpus))] + list(cmd)
+        cmd = [sys.executable, "-c", _START.format(cpus=list(lane.cpus or []))] + list(cmd)
         try:
             proc = subprocess.Popen(
                 cmd, env={**env, **dict(lane.env)}, stdout=out,
@@ -343,10 +350,13 @@ def run_jobs(jobs: Sequence[Tuple[str, List[str]]], lanes: Sequence[Lane],
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    # A signal this process ignores stays ignored (``nohup`` ignores SIGHUP, a script's
+    # ``cmd &`` SIGINT): the sweep goes on, as whoever started it asked.
     restore = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            restore[sig] = signal.signal(sig, interrupt)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                restore[sig] = signal.signal(sig, interrupt)
     try:
         while pending or running:
             while pending and free:

@@ -151,8 +151,25 @@ def test_jobs_run_side_by_side_one_per_lane_pinned_and_logged(tmp_path):
     assert runs["j2"]["t0"] >= min(runs["j0"]["t1"], runs["j1"]["t1"])   # a lane freed
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_passes_one_sigint_to_each_running_job_and_waits(tmp_path, signum):
+@pytest.mark.parametrize("signum,ignored", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                            (signal.SIGTERM, True)])
+def test_ctrl_c_or_sigterm_passes_one_sigint_to_each_running_job_and_waits(tmp_path, signum,
+                                                                           ignored):
+    # SIGINT ignored, as in a sweep started with `&` from a script: it stays ignored by
+    # the sweep, and the points, which would inherit that, still stop on the SIGINT the
+    # sweep passes on when a SIGTERM reaches it
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _interrupt_two_running_jobs(tmp_path, signum)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handlers restored
+        assert signal.getsignal(signal.SIGINT) is (signal.SIG_IGN if ignored else
+                                                   signal.default_int_handler)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupt_two_running_jobs(tmp_path, signum):
     jobs = [(f"j{i}", [sys.executable, "-c", _JOB, str(tmp_path / f"j{i}"), "60", "0"])
             for i in range(3)]
     done = []
@@ -174,7 +191,6 @@ def test_ctrl_c_or_sigterm_passes_one_sigint_to_each_running_job_and_waits(tmp_p
     assert sorted((r["name"], r["rc"]) for r in done) == [("j0", 130), ("j1", 130)]
     assert (tmp_path / "j0.sigint").exists() and (tmp_path / "j1.sigint").exists()
     assert not (tmp_path / "j2.ready").exists()   # never started
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is restored
 
 
 def _grid(metric_by_cell, teacher):
