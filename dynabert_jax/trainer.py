@@ -395,6 +395,13 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         best_score = meta.get("best_score", -math.inf)
         log.info("%s: resuming at step %d of %d from %s", stage, start, total,
                  store.directory / "latest")
+    if start >= total:   # finished before: its output is the best checkpoint, as it was
+        log.info("%s: finished before (step %d of %d); nothing to train or compile",
+                 stage, start, total)
+        params, info = store.restore_best(state.params)
+        store.close()
+        writer.close()
+        return params, info
 
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
     example = {k: train[k][:bs] for k in batch_keys}
@@ -593,17 +600,33 @@ def stage_teacher(ctx: Context):
 def stage_rewire(ctx: Context):
     cfg = ctx.config.rewire
     params = teacher_params(ctx)
-    new, head_imp, neuron_imp = rewire.rewire_network(
-        ctx.model, params, ctx.dev_batches(cfg.batch_size), accumulate=cfg.accumulate,
-        disable=not ctx.config.progress)
     out = ctx.workdir / "rewire"
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
-    head_order = np.argsort(-head_imp, axis=1, kind="stable")
-    store = ckpt.StageCheckpoints(out / "checkpoints", {"stage": "rewire"})
-    store.save_best(0, new, {"accumulate": cfg.accumulate,
-                             "head_order": head_order.tolist()})
-    store.close()
+    # What the importance depends on: a rerun with the same teacher and settings reuses
+    # the rewired network instead of computing it again.
+    inputs = {"teacher_checksum": ckpt.tree_checksum(params), "accumulate": cfg.accumulate,
+              "batch_size": int(cfg.batch_size),
+              "max_seq_length": int(ctx.config.data.max_seq_length),
+              "dev_examples": {k: v["used"] for k, v in ctx.sizes.items()
+                               if k not in ("train", "augmented")}}
+    store = ckpt.StageCheckpoints(out / "checkpoints", {"stage": "rewire", **inputs})
+    try:
+        info = store.best_info()
+        if info is not None and all(info.get(k) == v for k, v in inputs.items()):
+            new, info = store.restore_best(_abstract_params(ctx.model))
+            print(f"rewire: done before with this teacher and settings, reused from "
+                  f"{out / 'checkpoints'}; head order per layer: "
+                  f"{np.asarray(info['head_order'])[:, :4].tolist()}...")
+            return new
+        new, head_imp, neuron_imp = rewire.rewire_network(
+            ctx.model, params, ctx.dev_batches(cfg.batch_size), accumulate=cfg.accumulate,
+            disable=not ctx.config.progress)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
+        head_order = np.argsort(-head_imp, axis=1, kind="stable")
+        store.save_best(0, new, {"accumulate": cfg.accumulate,
+                                 "head_order": head_order.tolist()})
+    finally:
+        store.close()
     print(f"rewire: permuted heads and FFN neurons by importance ({cfg.accumulate}); "
           f"head order per layer: {head_order[:, :4].tolist()}...")
     return new

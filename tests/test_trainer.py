@@ -1,6 +1,7 @@
 """The training pipeline end to end on a tiny model: every stage for one or two steps,
 the PyTorch-teacher path, NaN handling, config errors and checkpoint mismatches."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -74,17 +75,31 @@ def test_rewire_then_width_start_from_permuted_teacher(all_stages):
     assert info["accumulate"] == "official"
 
 
-def test_eval_stage_and_rerun_is_a_no_op(all_stages, capsys):
+def test_eval_stage_and_rerun_is_a_no_op(all_stages, capsys, tmp_path):
     config, run, record = all_stages
     config = config.copy_and_resolve_references()
     config.stage = "eval"
     again = trainer.train_and_evaluate(config, run)
     # The final stage's best checkpoint re-evaluated gives the numbers it was selected with.
     assert [c["metric"] for c in again["subnets"]] == [c["metric"] for c in record["subnets"]]
-    config.stage = "width_depth"   # already finished: resumes at its last step, trains nothing
-    before = (run / "width_depth" / "metrics.jsonl").read_text()
-    trainer.train_and_evaluate(config, run)
-    assert (run / "width_depth" / "metrics.jsonl").read_text() == before
+    # Already finished: resumes at its last step and trains, compiles (memory.json is
+    # written after compiling) and evaluates nothing; the rewiring is reused as it was.
+    files = [run / "width_depth" / "metrics.jsonl", run / "width_depth" / "memory.json",
+             run / "rewire" / "importance.npz"]
+    before = {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
+    for stage in ("rewire", "width_depth"):
+        config.stage = stage
+        trainer.train_and_evaluate(config, run)
+    assert {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in files} == before
+    assert "rewire: done before with this teacher and settings, reused" in \
+        capsys.readouterr().out
+    # Another rewiring setting is another network: computed again (in a copy of the run,
+    # which the other tests share).
+    copy = shutil.copytree(run, tmp_path / "copy")
+    config.stage, config.rewire.batch_size = "rewire", config.rewire.batch_size + 1
+    trainer.train_and_evaluate(config, copy)
+    assert "reused" not in capsys.readouterr().out
+    assert (copy / "rewire" / "importance.npz").read_bytes() != before[files[2]][0]
 
 
 def test_teacher_from_pytorch_checkpoint_skips_teacher_stage(all_stages, tmp_path):
