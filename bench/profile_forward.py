@@ -94,39 +94,40 @@ def hlo_instructions(hlo_text: str):
     return comps
 
 
-def jax_category(name: str, comps) -> str:
-    """The category of one instruction of the entry computation."""
+def categorize(comps):
+    """``category(name)`` of the entry computation's instructions (see `CATEGORIES`)."""
     entry = {i[0]: i for i in comps.get("__entry__", [])}
-    _, opcode, op_name, calls = entry[name]
-    inner = comps.get(calls, []) if calls else []
-    dots = [i[2] for i in inner if i[1] == "dot"] + ([op_name] if opcode == "dot" else [])
-    for d in dots:
-        if "bhqd,bhkd->bhqk" in d or "bhqk,bhkd->bhqd" in d:
-            return "attention core"
-    for d in dots:
-        layer = d.rsplit("/", 2)[-2] if d.count("/") >= 2 else ""
-        if layer in _PROJECTIONS:
-            return "attention projections"
-        if layer == "intermediate":
-            return "FFN up"
-        if layer == "output":
-            return "FFN down"
-    if name.startswith("wrapped_broadcast") or (
-            inner and inner[-1][1] == "broadcast" and not any(
-                i[1] in ("dot", "reduce", "exponential") for i in inner)):
-        return "materialised broadcasts"
-    if "/embeddings/" in op_name and "LayerNorm" not in op_name:
-        return "embeddings"
-    if "erf" in op_name or "gelu" in op_name or "intermediate/add" in op_name:
-        return "GELU"
-    if "LayerNorm" in op_name or op_name.endswith("/add"):
-        return "LayerNorm, residual, bias"
-    if "transpose" in op_name or opcode in ("copy", "transpose"):
-        return "transposes and copies"
-    if "/layer_" in op_name and op_name.endswith(("/mul", "/sub")) and name.startswith(
-            "multiply_broadcast"):
-        return "materialised broadcasts"
-    return "other"
+
+    def category(name: str) -> str:
+        _, opcode, op_name, calls = entry[name]
+        inner = comps.get(calls, []) if calls else []
+        dots = [i[2] for i in inner if i[1] == "dot"] + ([op_name] if opcode == "dot" else [])
+        for d in dots:
+            if "bhqd,bhkd->bhqk" in d or "bhqk,bhkd->bhqd" in d:
+                return "attention core"
+        for d in dots:
+            layer = d.rsplit("/", 2)[-2] if d.count("/") >= 2 else ""
+            if layer in _PROJECTIONS:
+                return "attention projections"
+            if layer == "intermediate":
+                return "FFN up"
+            if layer == "output":
+                return "FFN down"
+        if name.startswith("wrapped_broadcast") or (
+                inner and inner[-1][1] == "broadcast" and not any(
+                    i[1] in ("dot", "reduce", "exponential") for i in inner)):
+            return "materialised broadcasts"
+        if "/embeddings/" in op_name and "LayerNorm" not in op_name:
+            return "embeddings"
+        if "erf" in op_name or "gelu" in op_name or "intermediate/add" in op_name:
+            return "GELU"
+        if "LayerNorm" in op_name or op_name.endswith("/add"):
+            return "LayerNorm, residual, bias"
+        if "transpose" in op_name or opcode in ("copy", "transpose"):
+            return "transposes and copies"
+        return "other"
+
+    return category
 
 
 def profile_ours(forward, args_, calls: int):
@@ -136,6 +137,7 @@ def profile_ours(forward, args_, calls: int):
     for _ in range(2):
         jax.block_until_ready(forward(*args_))
     comps = hlo_instructions(forward.lower(*args_).compile().as_text())
+    category = categorize(comps)
     entry = {i[0] for i in comps.get("__entry__", [])}
     walls = []
     with tempfile.TemporaryDirectory() as d:
@@ -155,7 +157,7 @@ def profile_ours(forward, args_, calls: int):
     cats = collections.Counter()
     ops = []
     for name, ms in per_op.items():
-        cat = jax_category(name, comps)
+        cat = category(name)
         cats[cat] += ms
         ops.append((round(ms, 3), name, cat))
     wall = 1e3 * statistics.mean(walls)
@@ -272,7 +274,6 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import torch
 
     import dynabert_jax as dj

@@ -71,14 +71,23 @@ class StageCheckpoints:
     def latest_step(self) -> Optional[int]:
         return self._latest.latest_step()
 
-    def restore_latest(self, like: Any) -> Optional[Tuple[Any, dict]]:
-        """The newest full state shaped and sharded like ``like``, or None."""
+    def latest_meta(self) -> Optional[dict]:
+        """The newest checkpoint's record (its ``step`` among it), checked to belong to
+        this run, without reading the state; None if there is none."""
         step = self._latest.latest_step()
         if step is None:
             return None
         meta = self._latest.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
         self._check_record(meta, f"{self.directory / 'latest'} step {step}")
+        return meta
+
+    def restore_latest(self, like: Any) -> Optional[Tuple[Any, dict]]:
+        """The newest full state shaped and sharded like ``like``, or None."""
+        meta = self.latest_meta()
+        if meta is None:
+            return None
+        step = self._latest.latest_step()
         try:
             restored = self._latest.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(_abstract(like))))["state"]

@@ -296,7 +296,6 @@ _START = "\n".join([
 @dataclasses.dataclass
 class _Job:
     name: str
-    cmd: List[str]
     lane: Lane
     proc: subprocess.Popen
     start: float
@@ -327,15 +326,15 @@ def run_jobs(jobs: Sequence[Tuple[str, List[str]]], lanes: Sequence[Lane],
             log_dir.mkdir(parents=True, exist_ok=True)
             log = log_dir / f"{name}.log"
             out = open(log, "ab")
-        cmd = [sys.executable, "-c", _START.format(cpus=list(lane.cpus or []))] + list(cmd)
         try:
             proc = subprocess.Popen(
-                cmd, env={**env, **dict(lane.env)}, stdout=out,
+                [sys.executable, "-c", _START.format(cpus=list(lane.cpus or []))] + list(cmd),
+                env={**env, **dict(lane.env)}, stdout=out,
                 stderr=subprocess.STDOUT if out else None, start_new_session=True)
         finally:
             if out is not None:
                 out.close()
-        return _Job(name, cmd, lane, proc, time.time(), log)
+        return _Job(name, lane, proc, time.time(), log)
 
     def end(job: _Job, rc: int) -> None:
         running.remove(job)

@@ -388,20 +388,23 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     writer = report.MetricWriter(out_dir / "metrics.jsonl",
                                  str(out_dir / "tb") if config.tensorboard else None)
     start, best_score = 0, -math.inf
-    restored = store.restore_latest(state)
+    latest = store.latest_meta()
+    if latest is not None and int(latest["step"]) >= total:
+        # Finished before: its output is the best checkpoint, as it was. Nothing to
+        # restore, train, compile or evaluate.
+        log.info("%s: finished before (step %d of %d); nothing to train or compile",
+                 stage, int(latest["step"]), total)
+        params, info = store.restore_best(state.params)
+        store.close()
+        writer.close()
+        return params, info
+    restored = store.restore_latest(state) if latest is not None else None
     if restored is not None:
         state, meta = restored
         start = int(meta["step"])
         best_score = meta.get("best_score", -math.inf)
         log.info("%s: resuming at step %d of %d from %s", stage, start, total,
                  store.directory / "latest")
-    if start >= total:   # finished before: its output is the best checkpoint, as it was
-        log.info("%s: finished before (step %d of %d); nothing to train or compile",
-                 stage, start, total)
-        params, info = store.restore_best(state.params)
-        store.close()
-        writer.close()
-        return params, info
 
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
     example = {k: train[k][:bs] for k in batch_keys}
@@ -620,7 +623,6 @@ def stage_rewire(ctx: Context):
         new, head_imp, neuron_imp = rewire.rewire_network(
             ctx.model, params, ctx.dev_batches(cfg.batch_size), accumulate=cfg.accumulate,
             disable=not ctx.config.progress)
-        out.mkdir(parents=True, exist_ok=True)
         np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
         head_order = np.argsort(-head_imp, axis=1, kind="stable")
         store.save_best(0, new, {"accumulate": cfg.accumulate,
