@@ -102,6 +102,23 @@ def test_eval_stage_and_rerun_is_a_no_op(all_stages, capsys, tmp_path):
     assert (copy / "rewire" / "importance.npz").read_bytes() != before[files[2]][0]
 
 
+def test_teacher_checksum_is_computed_once_per_teacher(monkeypatch):
+    calls = []
+    real = ckpt.tree_checksum
+    monkeypatch.setattr(ckpt, "tree_checksum", lambda tree: calls.append(1) or real(tree))
+    teacher, other = {"w": np.ones(3, np.float32)}, {"w": np.zeros(3, np.float32)}
+    ctx = trainer.Context(*[None] * 9, teacher=teacher)
+    assert ctx.checksum(teacher) == ctx.checksum(teacher) == real(teacher)
+    assert len(calls) == 1
+    # Other trees are checksummed each time (and not kept alive).
+    assert ctx.checksum(other) == ctx.checksum(other) == real(other)
+    assert len(calls) == 3
+    # A new teacher (an equal tree, another object) is checksummed again.
+    ctx.teacher = {"w": np.ones(3, np.float32)}
+    assert ctx.checksum(ctx.teacher) == real(teacher) and len(calls) == 4
+    assert ctx.checksum(teacher) == real(teacher) and len(calls) == 5
+
+
 def test_teacher_from_pytorch_checkpoint_skips_teacher_stage(all_stages, tmp_path):
     config, run, _ = all_stages
     # Export the trained teacher as a Hugging Face checkpoint, then start a new run from it.
