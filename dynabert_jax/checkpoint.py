@@ -82,12 +82,14 @@ class StageCheckpoints:
         self._check_record(meta, f"{self.directory / 'latest'} step {step}")
         return meta
 
-    def restore_latest(self, like: Any) -> Optional[Tuple[Any, dict]]:
-        """The newest full state shaped and sharded like ``like``, or None."""
-        meta = self.latest_meta()
+    def restore_latest(self, like: Any, meta: Optional[dict] = None
+                       ) -> Optional[Tuple[Any, dict]]:
+        """The newest full state shaped and sharded like ``like``, or None. ``meta``: its
+        record as `latest_meta` returned it, so it is not read and checked again."""
+        meta = self.latest_meta() if meta is None else meta
         if meta is None:
             return None
-        step = self._latest.latest_step()
+        step = int(meta["step"])
         try:
             restored = self._latest.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(_abstract(like))))["state"]

@@ -388,33 +388,34 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     fsdp = bool(config.mesh.fsdp)
     abstract_state = jax.eval_shape(lambda p: steps.init_state(p, tx), init_params)
     state_sh = sharding.tree_shardings(abstract_state, mesh, fsdp)
-    teacher_checksum = ctx.checksum(teacher_params) if teacher_params else None
+    record = {"stage": stage, "task": ctx.task.name, "model": _model_signature(ctx.model),
+              "teacher_checksum": ctx.checksum(teacher_params) if teacher_params else None,
+              "students": [[s.width, s.depth] for s in students],
+              "config": json.loads(config.to_json_best_effort())}
+    store = ckpt.StageCheckpoints(out_dir / "checkpoints", record)
+    latest = store.latest_meta()
+    if latest is not None and int(latest["step"]) >= total:
+        # Finished before: its output is the best checkpoint, as it was. Nothing to
+        # initialise, restore, train, compile or evaluate.
+        log.info("%s: finished before (step %d of %d); nothing to train or compile",
+                 stage, int(latest["step"]), total)
+        like = jax.tree_util.tree_map(
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+            abstract_state.params, state_sh.params)
+        params, info = store.restore_best(like)
+        store.close()
+        return params, info
+
     teacher_params = {} if teacher_params is None else teacher_params
     teacher_sh = sharding.tree_shardings(teacher_params, mesh, fsdp)
     repl = sharding.replicated(mesh)
     state = jax.jit(lambda p: steps.init_state(p, tx), out_shardings=state_sh)(
         _copy(init_params))
     teacher_params = jax.device_put(teacher_params, teacher_sh)
-
-    record = {"stage": stage, "task": ctx.task.name, "model": _model_signature(ctx.model),
-              "teacher_checksum": teacher_checksum,
-              "students": [[s.width, s.depth] for s in students],
-              "config": json.loads(config.to_json_best_effort())}
-    store = ckpt.StageCheckpoints(out_dir / "checkpoints", record)
     writer = report.MetricWriter(out_dir / "metrics.jsonl",
                                  str(out_dir / "tb") if config.tensorboard else None)
     start, best_score = 0, -math.inf
-    latest = store.latest_meta()
-    if latest is not None and int(latest["step"]) >= total:
-        # Finished before: its output is the best checkpoint, as it was. Nothing to
-        # restore, train, compile or evaluate.
-        log.info("%s: finished before (step %d of %d); nothing to train or compile",
-                 stage, int(latest["step"]), total)
-        params, info = store.restore_best(state.params)
-        store.close()
-        writer.close()
-        return params, info
-    restored = store.restore_latest(state) if latest is not None else None
+    restored = store.restore_latest(state, latest) if latest is not None else None
     if restored is not None:
         state, meta = restored
         start = int(meta["step"])
