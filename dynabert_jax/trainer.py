@@ -284,7 +284,8 @@ class Context:
     def checksum(self, tree) -> str:
         """``ckpt.tree_checksum(tree)``, remembered for the teacher (``self.teacher``),
         whose checksum rewiring, each distillation stage's checkpoint record and each
-        grid's teacher row ask for (0.3 s for MiniLM, ~2 s for BERT-base on CPU). JAX
+        grid's teacher row ask for (a host copy and a sha256 of every weight: 0.08 s for
+        MiniLM, 0.33 s for BERT-base on the 2-core CPU of docs/benchmarks.md). JAX
         arrays are immutable and the trainer never changes a parameter tree in place,
         so the same object has the same checksum. Other trees are not remembered (that
         would keep them alive)."""
