@@ -554,6 +554,21 @@ def _dir_size(path: pathlib.Path) -> int:
 FORMATS = ("jax", "pytorch", "onnx")
 
 
+def _report_training(run, subnet: SubNet, workdir) -> None:
+    """Print the cell's dev metrics from the stage's record, or warn when the stage did
+    not train it (e.g. final fine-tuning of one other cell, docs/deploy.md)."""
+    scored = {(float(w), float(d)): r for w, d, r in run.info.get("results") or ()}
+    if (subnet.width, subnet.depth) in scored:
+        metrics = scored[(subnet.width, subnet.depth)]
+        print(f"dev at stage {run.stage}: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    elif scored:
+        cells = ", ".join(f"({w:g}, {d:g})" for w, d in scored)
+        print(f"warning: stage {run.stage} of {workdir} trained and scored {cells}, not "
+              f"({subnet.width:g}, {subnet.depth:g}): these weights were neither tuned nor checked for it; export "
+              f"one of those, or pick another stage with --stage")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
@@ -601,6 +616,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{subnet.name}: {subnet.num_heads(cfg)}/{cfg.num_attention_heads} heads, "
           f"{subnet.ffn_size(cfg)}/{cfg.intermediate_size} FFN neurons, layers "
           f"{list(subnet.kept_layers(cfg))} of {cfg.num_hidden_layers}")
+    _report_training(run, subnet, args.workdir)
     written = {}
     if "jax" in formats:
         written["jax"] = export_jax(run.model, run.params, subnet, out / "jax",

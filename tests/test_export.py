@@ -301,6 +301,29 @@ def test_cli_exports_checks_and_reports(run_dir, tmp_path, capsys):
     np.testing.assert_allclose(f(ids), want, atol=1e-6)
 
 
+def test_cli_reports_the_cells_the_stage_trained(run_dir, tmp_path, capsys):
+    """The stage's record gives the exported cell's dev metrics; a cell the stage did
+    not train (final fine-tuning of one other cell) gets a warning that names them."""
+    from dynabert_jax import checkpoint as ckpt
+
+    source, _, params = run_dir
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text((source / "config.json").read_text())
+    store = ckpt.StageCheckpoints(workdir / "final" / "checkpoints")
+    store.save_best(5, params, {"results": [[0.5, 0.5, {"accuracy": 0.75}]]})
+    store.close()
+    args = ["--workdir", str(workdir), "--formats", "jax", "--no-verify"]
+    assert export.main(args + ["--width", "0.5", "--depth", "0.5",
+                               "--out", str(tmp_path / "a")]) == 0
+    text = capsys.readouterr().out
+    assert "dev at stage final: accuracy 0.7500" in text and "warning" not in text
+    assert export.main(args + ["--width", "1", "--depth", "1",
+                               "--out", str(tmp_path / "b")]) == 0
+    text = capsys.readouterr().out
+    assert "warning: stage final" in text and "scored (0.5, 0.5), not (1, 1)" in text
+
+
 def test_cli_bad_input(run_dir, minilm_path, tmp_path, capsys):
     workdir, _, _ = run_dir
     assert export.main(["--workdir", str(workdir), "--width", "0.1",

@@ -102,6 +102,24 @@ def test_eval_stage_and_rerun_is_a_no_op(all_stages, capsys, tmp_path):
     assert (copy / "rewire" / "importance.npz").read_bytes() != before[files[2]][0]
 
 
+def test_one_cell_final_fine_tuning_in_a_folder_that_links_the_run(all_stages, tmp_path):
+    """docs/deploy.md: stage 3 for one cell, in a new folder that links the trained
+    stages, trains and scores that cell alone and leaves the run's own final/ as it was."""
+    config, run, _ = all_stages
+    before = (run / "final" / "metrics.jsonl").read_bytes()
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    for stage in ("teacher", "rewire", "width", "width_depth"):
+        (cell / stage).symlink_to(run / stage)
+    c = config.copy_and_resolve_references()
+    c.stage, c.widths, c.depths = "final", (0.5,), (0.5,)
+    record = trainer.train_and_evaluate(c, cell)
+    assert [(x["width"], x["depth"]) for x in record["subnets"]] == [(0.5, 0.5)]
+    tuned = trainer.load_run(cell)
+    assert tuned.stage == "final" and tuned.info["students"] == [[0.5, 0.5]]
+    assert (run / "final" / "metrics.jsonl").read_bytes() == before
+
+
 def test_teacher_checksum_is_computed_once_per_teacher(monkeypatch):
     calls = []
     real = ckpt.tree_checksum
