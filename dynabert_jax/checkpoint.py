@@ -8,14 +8,18 @@ leaves the previous. ``<dir>/best``: the parameters of the step with the best de
 
 orbax writes each step into a temporary folder and renames it when complete, so a run
 killed at any moment leaves only whole checkpoints behind, and the resumed run restarts
-from the newest one.
+from the newest one. A Ctrl-C that arrives while a checkpoint is written is held until
+the write is done, then raised (see `_hold_ctrl_c`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
+import signal
+import threading
 from typing import Any, Optional, Tuple
 
 import jax
@@ -52,6 +56,27 @@ def _abstract(tree: Any) -> Any:
     return jax.tree_util.tree_map(leaf, tree)
 
 
+@contextlib.contextmanager
+def _hold_ctrl_c():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it as
+    KeyboardInterrupt once the block is done. Orbax waits for its save threads inside
+    ``except BaseException``: a KeyboardInterrupt raised there would be logged, the
+    checkpoint dropped and training would carry on. An ignored or custom SIGINT handler
+    is left as it is."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 class StageCheckpoints:
     """The ``latest`` and ``best`` checkpoints of one stage, under ``directory``."""
 
@@ -64,9 +89,10 @@ class StageCheckpoints:
     # -- latest: resume ------------------------------------------------------------
     def save_latest(self, step: int, state: Any, extra: Optional[dict] = None) -> None:
         meta = dict(self.record, **(extra or {}), step=int(step))
-        self._latest.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-        self._latest.wait_until_finished()
+        with _hold_ctrl_c():
+            self._latest.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+            self._latest.wait_until_finished()
 
     def latest_step(self) -> Optional[int]:
         return self._latest.latest_step()
@@ -102,12 +128,13 @@ class StageCheckpoints:
     # -- best: the stage's output --------------------------------------------------
     def save_best(self, step: int, params: Any, info: dict) -> None:
         meta = dict(self.record, **info, step=int(step))
-        for old in self._best.all_steps():  # keep exactly one, even at a lower step
-            if old >= step:
-                self._best.delete(old)
-        self._best.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
-        self._best.wait_until_finished()
+        with _hold_ctrl_c():
+            for old in self._best.all_steps():  # keep exactly one, even at a lower step
+                if old >= step:
+                    self._best.delete(old)
+            self._best.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+            self._best.wait_until_finished()
 
     def best_info(self) -> Optional[dict]:
         step = self._best.latest_step()

@@ -103,3 +103,33 @@ def test_killed_run_resumes_bit_identical(tiny_bert_dir, tmp_path):
     # The best-on-dev selection saw the same evaluations.
     assert (ckpt.StageCheckpoints(ref / "width_depth" / "checkpoints").best_info()["score"]
             == ckpt.StageCheckpoints(run / "width_depth" / "checkpoints").best_info()["score"])
+
+
+@pytest.mark.parametrize("which", ["latest", "best"])
+def test_ctrl_c_while_a_checkpoint_is_written_is_held_then_raised(tmp_path, monkeypatch,
+                                                                 which):
+    """Orbax waits for its save threads inside ``except BaseException``, so a Ctrl-C
+    landing there would be swallowed and training would go on: the store holds it until
+    the checkpoint is written, then raises it."""
+    store = ckpt.StageCheckpoints(tmp_path / "c")
+    manager = store._latest if which == "latest" else store._best
+    real_wait = manager.wait_until_finished
+
+    def wait_as_orbax_does():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C while the save finishes
+            time.sleep(0.2)
+            real_wait()
+        except BaseException:  # noqa: B036 - what orbax does around its thread joins
+            pass
+
+    monkeypatch.setattr(manager, "wait_until_finished", wait_as_orbax_does)
+    tree = {"w": np.arange(3, dtype=np.float32)}
+    with pytest.raises(KeyboardInterrupt):
+        if which == "latest":
+            store.save_latest(4, tree)
+        else:
+            store.save_best(4, tree, {"score": 1.0})
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (store.latest_step() if which == "latest" else store.best_info()["step"]) == 4
+    store.close()
