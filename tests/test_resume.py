@@ -111,6 +111,9 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_held_then_raised(tmp_path, monk
     """Orbax waits for its save threads inside ``except BaseException``, so a Ctrl-C
     landing there would be swallowed and training would go on: the store holds it until
     the checkpoint is written, then raises it."""
+    # Ctrl-C as at a terminal, even where the suite inherited SIGINT ignored (a job
+    # started with & from a script)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     store = ckpt.StageCheckpoints(tmp_path / "c")
     manager = store._latest if which == "latest" else store._best
     real_wait = manager.wait_until_finished
@@ -125,11 +128,14 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_held_then_raised(tmp_path, monk
 
     monkeypatch.setattr(manager, "wait_until_finished", wait_as_orbax_does)
     tree = {"w": np.arange(3, dtype=np.float32)}
-    with pytest.raises(KeyboardInterrupt):
-        if which == "latest":
-            store.save_latest(4, tree)
-        else:
-            store.save_best(4, tree, {"score": 1.0})
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if which == "latest":
+                store.save_latest(4, tree)
+            else:
+                store.save_best(4, tree, {"score": 1.0})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (store.latest_step() if which == "latest" else store.best_info()["step"]) == 4
     store.close()
