@@ -41,6 +41,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dynabert_jax import data, steps, trainer  # noqa: E402
+from dynabert_jax.metrics import pearson  # noqa: E402
 from dynabert_jax.subnet import FULL, SubNet, grid  # noqa: E402
 
 TEACHER_OF = {"width_depth": "width", "width": "teacher"}
@@ -55,10 +56,6 @@ def parse_cells(text: str):
         except ValueError as e:
             raise SystemExit(f"--cells: {item!r} is not WIDTHxDEPTH (e.g. 0.25x0.5): {e}")
     return cells
-
-
-def pearson(a, b) -> float:
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def probe(workdir, stage: str, cells, train_examples: int, batch_size: int = 64):
@@ -97,7 +94,8 @@ def probe(workdir, stage: str, cells, train_examples: int, batch_size: int = 64)
             pred, hidden = forward(teacher.params, inputs, FULL)
             t_pred.append(np.asarray(pred))
             t_cls.append(np.asarray(hidden[-1, :, 0]))
-            grads.append(np.asarray(head_grad(hidden[-1, :, 0])))
+            if g_hat is None:                 # the head's direction is taken on dev
+                grads.append(np.asarray(head_grad(hidden[-1, :, 0])))
             hidden = np.asarray(hidden)
             for c in cells:
                 s_pred, s_hidden = forward(student.params, inputs, c)
@@ -108,7 +106,7 @@ def probe(workdir, stage: str, cells, train_examples: int, batch_size: int = 64)
                 per[c]["hidden_mse"].append(((s_hidden - target) ** 2).mean(axis=(2, 3))
                                             .sum(0))
         t_pred, t_cls = np.concatenate(t_pred)[real], np.concatenate(t_cls)[real]
-        if g_hat is None:                     # the head's direction, from dev
+        if g_hat is None:
             g = np.concatenate(grads)[real].mean(0)
             g_hat = g / np.linalg.norm(g)
         t_along = t_cls @ g_hat

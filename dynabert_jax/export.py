@@ -557,16 +557,18 @@ FORMATS = ("jax", "pytorch", "onnx")
 def _report_training(run, subnet: SubNet, workdir) -> None:
     """Print the cell's dev metrics from the stage's record, or warn when the stage did
     not train it (e.g. final fine-tuning of one other cell, docs/deploy.md)."""
-    scored = {(float(w), float(d)): r for w, d, r in run.info.get("results") or ()}
-    if (subnet.width, subnet.depth) in scored:
-        metrics = scored[(subnet.width, subnet.depth)]
+    from dynabert_jax.trainer import _results_from_info
+
+    scored = _results_from_info(run.info) if run.info.get("results") else {}
+    if subnet in scored:
         print(f"dev at stage {run.stage}: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+              + ", ".join(f"{k} {v:.4f}" for k, v in scored[subnet].items()))
     elif scored:
-        cells = ", ".join(f"({w:g}, {d:g})" for w, d in scored)
+        cells = ", ".join(f"({s.width:g}, {s.depth:g})" for s in scored)
         print(f"warning: stage {run.stage} of {workdir} trained and scored {cells}, not "
-              f"({subnet.width:g}, {subnet.depth:g}): these weights were neither tuned nor checked for it; export "
-              f"one of those, or pick another stage with --stage")
+              f"({subnet.width:g}, {subnet.depth:g}): these weights were neither tuned "
+              f"nor checked for it; export one of those, or pick another stage with "
+              f"--stage")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
