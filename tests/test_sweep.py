@@ -154,19 +154,16 @@ def test_jobs_run_side_by_side_one_per_lane_pinned_and_logged(tmp_path):
 @pytest.mark.parametrize("signum,ignored", [(signal.SIGINT, False), (signal.SIGTERM, False),
                                             (signal.SIGTERM, True)])
 def test_ctrl_c_or_sigterm_passes_one_sigint_to_each_running_job_and_waits(tmp_path, signum,
-                                                                           ignored):
+                                                                           ignored, ctrl_c):
     # SIGINT ignored, as in a sweep started with `&` from a script: it stays ignored by
     # the sweep, and the points, which would inherit that, still stop on the SIGINT the
     # sweep passes on when a SIGTERM reaches it
     if ignored:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        _interrupt_two_running_jobs(tmp_path, signum)
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handlers restored
-        assert signal.getsignal(signal.SIGINT) is (signal.SIG_IGN if ignored else
-                                                   signal.default_int_handler)
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # ctrl_c restores it after
+    _interrupt_two_running_jobs(tmp_path, signum)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handlers restored
+    assert signal.getsignal(signal.SIGINT) is (signal.SIG_IGN if ignored else
+                                               signal.default_int_handler)
 
 
 def _interrupt_two_running_jobs(tmp_path, signum):
