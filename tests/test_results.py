@@ -166,6 +166,7 @@ def test_results_config():
     f = rc.get_config("task=stsb,final=1")
     assert f.final.enabled and f.final.num_epochs == 1.0 and f.final.learning_rate == 2e-5
     assert "final" in trainer.stages_to_run(f) and not rc.get_config("task=rte").final.enabled
+    assert rc.get_config("task=stsb,final=1,final_lr=1e-4").final.learning_rate == 1e-4
     c = rc.get_config("task=sst2")
     c.baselines = ("direkt",)
     with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['direkt'\]"):
