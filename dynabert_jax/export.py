@@ -557,9 +557,9 @@ FORMATS = ("jax", "pytorch", "onnx")
 def _report_training(run, subnet: SubNet, workdir) -> None:
     """Print the cell's dev metrics from the stage's record, or warn when the stage did
     not train it (e.g. final fine-tuning of one other cell, docs/deploy.md)."""
-    from dynabert_jax.trainer import _results_from_info
+    from dynabert_jax.trainer import results_from_info
 
-    scored = _results_from_info(run.info) if run.info.get("results") else {}
+    scored = results_from_info(run.info)
     if subnet in scored:
         print(f"dev at stage {run.stage}: "
               + ", ".join(f"{k} {v:.4f}" for k, v in scored[subnet].items()))

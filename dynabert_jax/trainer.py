@@ -598,8 +598,9 @@ def _write_grid(ctx: Context, stage: str, results: Mapping[SubNet, Mapping[str, 
     return rec
 
 
-def _results_from_info(info) -> Dict[SubNet, Dict[str, float]]:
-    return {SubNet(w, d): r for w, d, r in info["results"]}
+def results_from_info(info) -> Dict[SubNet, Dict[str, float]]:
+    """A stage's dev metrics per cell, from its checkpoint record (empty if it has none)."""
+    return {SubNet(w, d): r for w, d, r in info.get("results") or ()}
 
 
 def _pretrained_init(ctx: Context):
@@ -613,7 +614,7 @@ def stage_teacher(ctx: Context):
     params, info = train_stage(ctx, "teacher", _pretrained_init(ctx), None, (FULL,),
                                steps.LossSpec(kind="task"))
     ctx.teacher = params
-    metrics_ = _teacher_eval(ctx, params, known=_results_from_info(info)[FULL])
+    metrics_ = _teacher_eval(ctx, params, known=results_from_info(info)[FULL])
     print(f"teacher: dev {ctx.task.primary_metric} = {metrics_[ctx.task.primary_metric]:.4f}")
     return metrics_
 
@@ -674,7 +675,7 @@ def stage_width(ctx: Context, init=None, prefix: str = "", top_level: bool = Tru
     _, info = train_stage(ctx, "width", _width_init(ctx) if init is None else init,
                           teacher_params(ctx), students, _distill_spec(ctx, "width"),
                           out_name=prefix + "width")
-    return _write_grid(ctx, prefix + "width", _results_from_info(info), top_level)
+    return _write_grid(ctx, prefix + "width", results_from_info(info), top_level)
 
 
 def stage_width_depth(ctx: Context, prefix: str = "", top_level: bool = True):
@@ -682,14 +683,14 @@ def stage_width_depth(ctx: Context, prefix: str = "", top_level: bool = True):
     students = grid(ctx.config.widths, ctx.config.depths)
     _, info = train_stage(ctx, "width_depth", start, _copy(start), students,
                           _distill_spec(ctx, "width_depth"), out_name=prefix + "width_depth")
-    return _write_grid(ctx, prefix + "width_depth", _results_from_info(info), top_level)
+    return _write_grid(ctx, prefix + "width_depth", results_from_info(info), top_level)
 
 
 def stage_final(ctx: Context):
     start = _stage_output(ctx, "width_depth")[0]
     students = grid(ctx.config.widths, ctx.config.depths)
     _, info = train_stage(ctx, "final", start, None, students, steps.LossSpec(kind="task"))
-    return _write_grid(ctx, "final", _results_from_info(info))
+    return _write_grid(ctx, "final", results_from_info(info))
 
 
 def stage_direct(ctx: Context):
@@ -702,7 +703,7 @@ def stage_direct(ctx: Context):
     for subnet in grid(ctx.config.widths, ctx.config.depths):
         _, info = train_stage(ctx, "direct", init, None, (subnet,),
                               steps.LossSpec(kind="task"), out_name=f"direct/{subnet.name}")
-        results[subnet] = _results_from_info(info)[subnet]
+        results[subnet] = results_from_info(info)[subnet]
     return _write_grid(ctx, "direct", results, top_level=False)
 
 
