@@ -771,7 +771,13 @@ def check_grid(config, model_config=None) -> Tuple[SubNet, ...]:
 
 def stages_to_run(config) -> Tuple[str, ...]:
     """The stages ``config.stage`` names, in order, after checking the options every
-    stage reads (data options, baselines, the grid, the dropout PRNG)."""
+    stage reads (the task, data options, baselines, the grid, the dropout PRNG)."""
+    if config.task != "squad":
+        try:
+            data.get_task(config.task)
+        except KeyError:
+            raise ConfigError(f"unknown task {config.task!r} in config.task; choose one of "
+                              f"{', '.join(data.TASKS)} or squad") from None
     _check_data_options(config)
     check_grid(config)
     try:
