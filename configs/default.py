@@ -39,7 +39,7 @@ def stage(lr=2e-5, epochs=3.0, batch_size=32, warmup_ratio=-1.0, eval_every=50, 
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.task = "sst2"            # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, squad
+    c.task = "sst2"   # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, squad, custom
     # teacher | rewire | width | width_depth | final | eval | all
     c.stage = "all"
     c.seed = 42
@@ -74,6 +74,20 @@ def get_config():
     c.data.squad_train = ""
     c.data.squad_dev = ""
     c.data.doc_stride = 128   # tokens shared by consecutive windows of a context
+    # Your own task (task=custom): a train and a dev file, .tsv (GLUE style, no quoting),
+    # .csv or .jsonl, read by data.load_custom (docs/data.md, "Your own task").
+    c.data.custom = ml_collections.ConfigDict()
+    c.data.custom.train = ""
+    c.data.custom.dev = ""
+    c.data.custom.text_columns = "sentence"  # 1 or 2 columns: "premise,hypothesis"
+    c.data.custom.label_column = "label"
+    c.data.custom.label_list = ""   # classification labels in id order: "neg,pos"
+    c.data.custom.regression = False  # one float output (as STS-B); no label_list
+    # checkpoint selection: acc | mcc | f1 | acc_and_f1 (f1: two labels), or
+    # pearson | spearmanr | corr (regression); "" = acc / pearson
+    c.data.custom.metric = ""
+    c.data.custom.column_names = ""  # a .tsv/.csv without a header: "text,label"
+    c.data.custom.format = ""        # tsv | csv | jsonl; "" = from the file extension
 
     c.widths = (1.0, 0.75, 0.5, 0.25)
     c.depths = (1.0, 0.75, 0.5)

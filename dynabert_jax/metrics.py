@@ -178,6 +178,33 @@ def glue(task: str, predictions, labels, split: Optional[str] = None) -> Dict[st
     return {"acc": acc}
 
 
+def named(names, predictions, labels) -> Dict[str, float]:
+    """The metrics ``names`` (``acc``, ``mcc``, ``f1``, ``acc_and_f1``, ``pearson``,
+    ``spearmanr``, ``corr``) of predictions against labels, in that order: a user's own
+    task (`data.custom_task`). Logits ``[n, k]`` are argmax-ed for the classification
+    metrics; regression takes scores ``[n]`` or ``[n, 1]``."""
+    regression = {"pearson", "spearmanr", "corr"}
+    if not (set(names) <= regression
+            or set(names) <= {"acc", "mcc", "f1", "acc_and_f1"}):
+        raise KeyError(f"unknown metric(s) in {tuple(names)}, or a mix of classification "
+                       f"and regression ones; choose from acc, mcc, f1, acc_and_f1 or "
+                       f"pearson, spearmanr, corr")
+    preds = np.asarray(predictions)
+    labels = np.asarray(labels)
+    if set(names) <= regression:
+        preds = preds.reshape(-1) if preds.ndim == 2 and preds.shape[1] == 1 else preds
+        p, s = pearson(preds, labels), spearman(preds, labels)
+        values = {"pearson": p, "spearmanr": s, "corr": (p + s) / 2}
+    else:
+        preds = preds.argmax(axis=-1) if preds.ndim == 2 else preds
+        acc = accuracy(preds, labels)
+        values = {"acc": acc, "mcc": matthews_corrcoef(preds, labels)}
+        if {"f1", "acc_and_f1"} & set(names):
+            f1 = f1_binary(preds, labels)
+            values.update(f1=f1, acc_and_f1=(acc + f1) / 2)
+    return {n: values[n] for n in names}
+
+
 # ---------------------------------------------------------------------------
 # SQuAD v1.1 (official evaluation script definitions)
 

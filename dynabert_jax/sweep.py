@@ -458,8 +458,6 @@ def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str
 def read_point(path: pathlib.Path) -> dict:
     """A point's teacher metric and its grids' primary metric per cell (absent grids
     left out): ``{"metric", "teacher", "methods": {method: {(w, d): value}}}``."""
-    from dynabert_jax.data import get_task
-
     out = {"metric": None, "teacher": None, "methods": {}}
     for method, (rel, _) in METHODS.items():
         f = path / rel
@@ -473,7 +471,11 @@ def read_point(path: pathlib.Path) -> dict:
     if out["teacher"] is None and teacher_eval.is_file() and (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text())
         if cfg.get("task") != "squad":
-            metric = get_task(cfg["task"]).primary_metric
+            import ml_collections
+
+            from dynabert_jax.trainer import task_from_config
+
+            metric = task_from_config(ml_collections.ConfigDict(cfg)).primary_metric
             out["teacher"] = json.loads(teacher_eval.read_text())["metrics"].get(metric)
             out["metric"] = out["metric"] or metric
     return out

@@ -138,6 +138,34 @@ def _data_roots():
     return ([pathlib.Path(env)] if env else []) + [REPO_ROOT.parent / "shared" / "data"]
 
 
+def task_from_config(config):
+    """The task ``config.task`` names: a GLUE task, ``squad`` (`SquadTask`) or ``custom``
+    (the user's own files, described by ``config.data.custom``); a `ConfigError`
+    otherwise. Reads no file."""
+    if config.task == "squad":
+        return SquadTask()
+    if config.task == "custom":
+        c = config.data.get("custom")
+        if c is None:
+            raise ConfigError("task=custom needs config.data.custom (configs/default.py)")
+        columns = c.text_columns
+        if isinstance(columns, str):   # --config.data.custom.text_columns=premise,hypothesis
+            columns = tuple(x.strip() for x in columns.split(","))
+        labels = c.label_list
+        if isinstance(labels, str):
+            labels = tuple(x.strip() for x in labels.split(",") if x.strip())
+        try:
+            return data.custom_task(columns, labels, bool(c.regression), c.metric,
+                                    c.label_column)
+        except ValueError as e:
+            raise ConfigError(f"config.data.custom: {e}") from None
+    try:
+        return data.get_task(config.task)
+    except KeyError:
+        raise ConfigError(f"unknown task {config.task!r} in config.task; choose one of "
+                          f"{', '.join(data.TASKS)}, squad or custom") from None
+
+
 def resolve_data_dir(config) -> pathlib.Path:
     """``config.data.data_dir``, else ``$DYNABERT_DATA/glue``, else ``../shared/data/glue``
     beside the checkout, else the small SST-2 slice shipped for the demo."""
@@ -191,6 +219,31 @@ def _subset(ds, size: int, seed: int):
     return ds.select(idx.tolist())
 
 
+def _custom_loader(config, task):
+    """``split -> Dataset`` for ``task=custom``: ``config.data.custom.train`` / ``.dev``
+    read by `data.load_custom` with the task's columns and labels."""
+    c = config.data.custom
+    missing = [k for k in ("train", "dev") if not c[k]]
+    if missing:
+        raise ConfigError(f"task=custom needs the files: set "
+                          f"{' and '.join('config.data.custom.' + k for k in missing)} "
+                          f"(.tsv, .csv or .jsonl; docs/data.md)")
+    if config.data.augmented_train:
+        raise ConfigError("config.data.augmented_train is for GLUE tasks (TinyBERT's "
+                          "train_aug.tsv layout); a custom task's extra rows can go into "
+                          "its train file")
+    columns = c.get("column_names") or None
+    if isinstance(columns, str):
+        columns = tuple(x.strip() for x in columns.split(","))
+
+    def load(split):
+        return data.load_custom(c[split], task.text_columns, task.file_label_column,
+                                label_list=task.label_list,
+                                is_regression=task.is_regression,
+                                column_names=columns, format=c.format or None)
+    return load
+
+
 @dataclasses.dataclass
 class Context:
     """Everything the stages share: config, task, data, model, mesh, output folder."""
@@ -237,8 +290,14 @@ class Context:
             sizes = {"train": {"used": data.num_examples(train)},
                      "dev": {"used": data.num_examples(dev["dev"])}}
         else:
-            task = data.get_task(config.task)
-            data_dir = resolve_data_dir(config)
+            task = task_from_config(config)
+            if task.name == "custom":
+                load = _custom_loader(config, task)
+            else:
+                data_dir = resolve_data_dir(config)
+
+                def load(split):
+                    return data.load_glue(task.name, data_dir, split=split)
             cache = config.data.cache_dir or str(
                 pathlib.Path("~/.cache/dynabert_jax/tokenized").expanduser())
 
@@ -246,7 +305,7 @@ class Context:
                 if split == "augmented":
                     full = data.load_glue_augmented(task, config.data.augmented_train)
                 else:
-                    full = data.load_glue(task.name, data_dir, split=split)
+                    full = load(split)
                 ds = _subset(full, size, config.seed)
                 sizes[split] = {"used": len(ds), "available": len(full)}
                 return data.tokenize_dataset(ds, tokenizer, task, seq, cache_dir=cache)
@@ -330,6 +389,9 @@ class Evaluator:
                 logits = data.unpad(np.concatenate(logits), np.concatenate(weights))
                 if ctx.task.name == "squad":
                     merged.update(squad_scores(*ctx.squad_dev, logits))
+                elif ctx.task.name == "custom":
+                    merged.update(metrics.named(ctx.task.metric_names, logits,
+                                                ctx.dev[split]["labels"]))
                 else:
                     merged.update(metrics.glue(ctx.task.name, logits,
                                                ctx.dev[split]["labels"], split=split))
@@ -772,12 +834,7 @@ def check_grid(config, model_config=None) -> Tuple[SubNet, ...]:
 def stages_to_run(config) -> Tuple[str, ...]:
     """The stages ``config.stage`` names, in order, after checking the options every
     stage reads (the task, data options, baselines, the grid, the dropout PRNG)."""
-    if config.task != "squad":
-        try:
-            data.get_task(config.task)
-        except KeyError:
-            raise ConfigError(f"unknown task {config.task!r} in config.task; choose one of "
-                              f"{', '.join(data.TASKS)} or squad") from None
+    task_from_config(config)
     _check_data_options(config)
     check_grid(config)
     try:
@@ -884,7 +941,10 @@ def load_run(workdir, stage: Optional[str] = None) -> Run:
                               f"task/model/stage fields): is this a Hugging Face "
                               f"checkpoint? Use convert.from_pretrained_pytorch for those")
     config = ml_collections.ConfigDict(raw)
-    task = SquadTask() if config.task == "squad" else data.get_task(config.task)
+    try:
+        task = task_from_config(config)
+    except ConfigError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
     if stage is None:
         stage = latest_trained_stage(workdir)
     elif stage not in CHAIN:

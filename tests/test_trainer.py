@@ -205,7 +205,8 @@ def test_config_typo_and_unknown_stage_are_errors(tiny_bert_dir, tmp_path):
     assert "train.py: error: unknown stage 'widht'" in out.stderr
     assert "Traceback" not in out.stderr
     # an unknown task too, before any model or data is loaded
-    with pytest.raises(ValueError, match="unknown task 'sst3' in config.task; choose one of cola, .* or squad"):
+    with pytest.raises(ValueError, match="unknown task 'sst3' in config.task; choose one "
+                                         "of cola, .*, squad or custom"):
         trainer.stages_to_run(tiny_train_config(tiny_bert_dir, tmp_path, task="sst3"))
     assert trainer.stages_to_run(tiny_train_config(tiny_bert_dir, tmp_path, task="SST-2",
                                                    stage="width")) == ("width",)

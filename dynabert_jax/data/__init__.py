@@ -50,11 +50,11 @@ from dynabert_jax.data.squad import (
     postprocess as squad_postprocess,
     prepare_features as squad_features,
 )
-from dynabert_jax.data.tasks import TASKS, GlueTask, get_task
+from dynabert_jax.data.tasks import CUSTOM_METRICS, TASKS, GlueTask, custom_task, get_task
 from dynabert_jax.data import squad  # noqa: F401  (data.squad.prepare_features, ...)
 
 __all__ = [
-    "TASKS", "GlueTask", "get_task",
+    "TASKS", "GlueTask", "get_task", "custom_task", "CUSTOM_METRICS",
     "DataFormatError", "load_glue", "load_glue_augmented", "load_custom", "read_glue_tsv",
     "from_hub_dataset",
     "file_sha256",

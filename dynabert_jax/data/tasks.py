@@ -20,7 +20,7 @@ heads converted from the official PyTorch checkpoints line up.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 # A file column is named by its header name, or by its 0-based index for
 # files without a header (CoLA).
@@ -177,3 +177,53 @@ def get_task(name: str) -> GlueTask:
         if t.dir_name.lower() == key:
             return t
     raise KeyError(f"unknown GLUE task {name!r}; known tasks: {', '.join(TASKS)}")
+
+
+# A user's own task (train.py's ``task=custom``): the metrics it can report, by kind.
+CUSTOM_METRICS = {
+    "classification": ("acc", "mcc", "f1", "acc_and_f1"),   # f1: 2 labels only
+    "regression": ("pearson", "spearmanr", "corr"),
+}
+
+
+def custom_task(text_columns: Sequence[str], label_list: Optional[Sequence] = None,
+                is_regression: bool = False, metric: str = "",
+                label_column: str = "label") -> GlueTask:
+    """A `GlueTask` named ``"custom"`` for a user's own files (`load_custom` reads them).
+
+    Args:
+      text_columns: 1 or 2 column names holding the texts.
+      label_list: classification labels in id order (at least two), compared as strings;
+        ``None`` / empty for regression.
+      is_regression: one float output (as STS-B) instead of classes.
+      metric: the primary metric, used to select checkpoints: ``acc`` (default), ``mcc``,
+        ``f1`` or ``acc_and_f1`` (binary) for classification; ``pearson`` (default),
+        ``spearmanr`` or ``corr`` for regression. The others are reported beside it.
+      label_column: the column holding the label.
+    Raises ValueError on anything else.
+    """
+    cols = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    if not 1 <= len(cols) <= 2 or not all(isinstance(c, str) and c for c in cols):
+        raise ValueError(f"text_columns must name 1 or 2 columns, got {text_columns!r}")
+    labels = tuple(str(x) for x in (label_list or ()))
+    if is_regression:
+        if labels:
+            raise ValueError("a regression task has no label_list")
+        names = CUSTOM_METRICS["regression"]
+    else:
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(f"a classification task needs label_list: two or more "
+                             f"distinct labels in id order, got {tuple(label_list or ())}")
+        names = CUSTOM_METRICS["classification"]
+        if len(labels) != 2:
+            names = names[:2]   # f1 of the positive class is for two labels
+    primary = metric or names[0]
+    if primary not in names:
+        raise ValueError(f"metric {metric!r} is not one of {names} for this "
+                         f"{'regression' if is_regression else f'{len(labels)}-label'} task")
+    return GlueTask(
+        name="custom", dir_name="", text_columns=cols,
+        label_list=None if is_regression else labels, is_regression=bool(is_regression),
+        metric_names=(primary,) + tuple(n for n in names if n != primary),
+        split_files={}, eval_splits=("dev",), has_header=True, file_text_columns=cols,
+        file_label_column=label_column, hub_splits={})
