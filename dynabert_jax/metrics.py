@@ -159,29 +159,15 @@ def glue(task: str, predictions, labels, split: Optional[str] = None) -> Dict[st
         key = "mnli-mm"
     if key not in GLUE_METRICS:
         raise KeyError(f"unknown GLUE task {task!r}; known: {', '.join(GLUE_METRICS)}")
-    preds = np.asarray(predictions)
-    labels = np.asarray(labels)
-    if key == "stsb":
-        preds = preds.reshape(-1) if preds.ndim == 2 and preds.shape[1] == 1 else preds
-        p, s = pearson(preds, labels), spearman(preds, labels)
-        return {"pearson": p, "spearmanr": s, "corr": (p + s) / 2}
-    if preds.ndim == 2:
-        preds = preds.argmax(axis=-1)
-    if key == "cola":
-        return {"mcc": matthews_corrcoef(preds, labels)}
-    acc = accuracy(preds, labels)
-    if key in ("mrpc", "qqp"):
-        f1 = f1_binary(preds, labels)
-        return {"acc": acc, "f1": f1, "acc_and_f1": (acc + f1) / 2}
     if key == "mnli-mm":
-        return {"acc_mm": acc}
-    return {"acc": acc}
+        return {"acc_mm": named(("acc",), predictions, labels)["acc"]}
+    return named(GLUE_METRICS[key], predictions, labels)
 
 
 def named(names, predictions, labels) -> Dict[str, float]:
     """The metrics ``names`` (``acc``, ``mcc``, ``f1``, ``acc_and_f1``, ``pearson``,
-    ``spearmanr``, ``corr``) of predictions against labels, in that order: a user's own
-    task (`data.custom_task`). Logits ``[n, k]`` are argmax-ed for the classification
+    ``spearmanr``, ``corr``) of predictions against labels, in that order: those of a
+    GLUE task (`glue`) or of a user's own task (`data.custom_task`). Logits ``[n, k]`` are argmax-ed for the classification
     metrics; regression takes scores ``[n]`` or ``[n, 1]``."""
     regression = {"pearson", "spearmanr", "corr"}
     if not (set(names) <= regression
