@@ -141,13 +141,22 @@ def _data_roots():
 def task_from_config(config):
     """The task ``config.task`` names: a GLUE task, ``squad`` (`SquadTask`) or ``custom``
     (the user's own files, described by ``config.data.custom``); a `ConfigError`
-    otherwise. Reads no file."""
+    otherwise. Reads no file (a custom task's files are read by `Context.create`)."""
     if config.task == "squad":
         return SquadTask()
     if config.task == "custom":
         c = config.data.get("custom")
         if c is None:
             raise ConfigError("task=custom needs config.data.custom (configs/default.py)")
+        missing = [k for k in ("train", "dev") if not c.get(k)]
+        if missing:
+            raise ConfigError(f"task=custom needs the files: set "
+                              f"{' and '.join('config.data.custom.' + k for k in missing)} "
+                              f"(.tsv, .csv or .jsonl; docs/training.md, Your own task)")
+        if config.data.get("augmented_train"):
+            raise ConfigError("config.data.augmented_train is for GLUE tasks (TinyBERT's "
+                              "train_aug.tsv layout); a custom task's extra rows can go "
+                              "into its train file")
         columns = c.text_columns
         if isinstance(columns, str):   # --config.data.custom.text_columns=premise,hypothesis
             columns = tuple(x.strip() for x in columns.split(","))
@@ -223,15 +232,6 @@ def _custom_loader(config, task):
     """``split -> Dataset`` for ``task=custom``: ``config.data.custom.train`` / ``.dev``
     read by `data.load_custom` with the task's columns and labels."""
     c = config.data.custom
-    missing = [k for k in ("train", "dev") if not c[k]]
-    if missing:
-        raise ConfigError(f"task=custom needs the files: set "
-                          f"{' and '.join('config.data.custom.' + k for k in missing)} "
-                          f"(.tsv, .csv or .jsonl; docs/data.md)")
-    if config.data.augmented_train:
-        raise ConfigError("config.data.augmented_train is for GLUE tasks (TinyBERT's "
-                          "train_aug.tsv layout); a custom task's extra rows can go into "
-                          "its train file")
     columns = c.get("column_names") or None
     if isinstance(columns, str):
         columns = tuple(x.strip() for x in columns.split(","))

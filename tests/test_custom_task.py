@@ -61,15 +61,20 @@ def test_named_metrics_in_the_order_asked():
 @pytest.mark.parametrize("overrides, match", [
     ({}, "set config.data.custom.train and config.data.custom.dev"),
     ({"data.custom.train": "x.csv"}, "set config.data.custom.dev"),
-    ({"data.custom.label_list": "", "data.custom.train": "a", "data.custom.dev": "b"},
-     "needs label_list"),
+    ({"data.custom.label_list": ""}, "needs label_list"),
     ({"data.custom.metric": "pearson"}, "'pearson' is not one of"),
+    ({"data.augmented_train": "aug.tsv"}, "augmented_train is for GLUE tasks"),
 ])
 def test_custom_config_errors(tiny_bert_dir, tmp_path, overrides, match):
+    """Each is found before the model or any file is read, and leaves no run folder."""
+    files = {"data.custom.train": "a.csv", "data.custom.dev": "b.csv"}
+    if "data.custom.train" in overrides or not overrides:
+        files = {}
     c = tiny_train_config(tiny_bert_dir, tmp_path, task="custom",
-                          **{"data.custom.label_list": "0,1", **overrides})
+                          **{"data.custom.label_list": "0,1", **files, **overrides})
     with pytest.raises(trainer.ConfigError, match=match):
         trainer.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_custom_without_files_is_one_line_from_train_py(tmp_path):
@@ -160,6 +165,7 @@ def test_sweep_summary_reads_a_custom_teachers_metric(tmp_path):
 
     c = default.get_config()
     c.task, c.data.custom.label_list, c.data.custom.metric = "custom", "neg,pos", "mcc"
+    c.data.custom.train, c.data.custom.dev = "train.csv", "dev.csv"   # not read
     (tmp_path / "config.json").write_text(c.to_json())
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "eval.json").write_text(
