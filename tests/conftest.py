@@ -36,6 +36,15 @@ def ctrl_c():
         signal.signal(signal.SIGINT, previous)
 
 
+def pytest_sessionstart(session):
+    """Say before the tests, not in their skips, when the shared data is missing."""
+    d = _shared_data_dir()
+    if not (d / "glue").is_dir():
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"warning: no benchmark data at {d} (set DYNABERT_DATA): the data tests skip "
+            f"and training runs read the demo slice", yellow=True)
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir():
     """Root of the shared benchmark data (``glue/``, ``squad/``)."""
