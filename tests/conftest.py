@@ -36,10 +36,15 @@ def ctrl_c():
         signal.signal(signal.SIGINT, previous)
 
 
+def _has_data(d):
+    """The one test of "the data is there": the warning below and the fixture's skip agree."""
+    return (d / "glue").is_dir()
+
+
 def pytest_sessionstart(session):
     """Say before the tests, not in their skips, when the shared data is missing."""
     d = _shared_data_dir()
-    if not (d / "glue").is_dir():
+    if not _has_data(d):
         session.config.pluginmanager.get_plugin("terminalreporter").write_line(
             f"warning: no benchmark data at {d} (set DYNABERT_DATA): the data tests skip "
             f"and training runs read the demo slice", yellow=True)
@@ -49,7 +54,7 @@ def pytest_sessionstart(session):
 def shared_data_dir():
     """Root of the shared benchmark data (``glue/``, ``squad/``)."""
     d = _shared_data_dir()
-    if not (d / "glue").is_dir():
+    if not _has_data(d):
         pytest.skip(f"shared benchmark data not found at {d} (set DYNABERT_DATA)")
     return d
 
