@@ -427,13 +427,21 @@ def test_zero_weight_padding_changes_nothing():
     for mode in rewire.ACCUMULATE:
         a = rewire.importance(model, params, [five], mode, disable=True)
         b = rewire.importance(model, params, [_pad(five, 8)], mode, disable=True)
-        _assert_importance_close(a, b, rtol=1e-5)
+        # Padding changes the matmul shapes, so XLA's CPU kernels may sum in another
+        # order: on an Intel Xeon one small score moved by 2.7e-5 relative (none did on
+        # the AMD EPYC machines). Garbage rows that counted move the scores by about 50%
+        # (median), which the last check shows this tolerance would catch.
+        _assert_importance_close(a, b, rtol=1e-4)
         # A short last batch is padded automatically; an all-padding batch is skipped.
         c = rewire.importance(model, params, [full[0], five], mode, disable=True)
         empty = dict(_pad(five, 8), weight=np.zeros(8, np.float32))
         d = rewire.importance(model, params, [full[0], _pad(five, 8), empty], mode,
                               disable=True)
-        _assert_importance_close(c, d, rtol=1e-5)
+        _assert_importance_close(c, d, rtol=1e-4)
+        counted = dict(_pad(five, 8), weight=np.ones(8, np.float32))
+        leak = rewire.importance(model, params, [counted], mode, disable=True)
+        for ours, wrong in zip(a, leak):
+            assert np.median(np.abs(wrong - ours) / np.abs(ours)) > 0.1
 
 
 def test_bad_input_is_rejected_clearly():
