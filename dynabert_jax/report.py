@@ -18,6 +18,7 @@ import pathlib
 import time
 from typing import Dict, Mapping, Optional, Sequence
 
+from dynabert_jax.checkpoint import write_text_atomic
 from dynabert_jax.flops import count_params, encoder_flops
 from dynabert_jax.subnet import FULL, SubNet
 
@@ -147,9 +148,7 @@ def write_grid(record: Mapping, directory, stem: str = "grid") -> Sequence[pathl
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     js = directory / f"{stem}.json"
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(js)
+    write_text_atomic(js, json.dumps(record, indent=2) + "\n")
     md = directory / f"{stem}.md"
     md.write_text(markdown_table(record) + "\n")
     png = plot_grid(record, directory / f"{stem}.png")

@@ -27,7 +27,7 @@ import sys
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from dynabert_jax import select as select_lib
-from dynabert_jax.checkpoint import write_json_atomic
+from dynabert_jax.checkpoint import write_json_atomic, write_text_atomic
 from dynabert_jax.convert import CheckpointError, read_json
 from dynabert_jax.data import TASKS
 
@@ -365,9 +365,7 @@ def write_markdown(path: pathlib.Path, generated: str) -> None:
         text = head + generated + tail
     else:
         text = text.rstrip("\n") + "\n\n" + generated + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, text)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from dynabert_jax.checkpoint import write_json_atomic
+from dynabert_jax.checkpoint import write_json_atomic, write_text_atomic
 from dynabert_jax.results import METHODS, grid_cells, read_jsonl
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -565,9 +565,7 @@ def write_summary(points: Sequence[Point], workdir) -> Tuple[dict, str]:
     summary = summarize(points, workdir)
     md = to_markdown(summary)
     write_json_atomic(workdir / "summary.json", summary)
-    tmp = workdir / "summary.md.tmp"
-    tmp.write_text(md)
-    tmp.replace(workdir / "summary.md")
+    write_text_atomic(workdir / "summary.md", md)
     return summary, md
 
 

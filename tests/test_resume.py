@@ -135,3 +135,46 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_held_then_raised(tmp_path, monk
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert (store.latest_step() if which == "latest" else store.best_info()["step"]) == 4
     store.close()
+
+
+def test_atomic_json_writes_from_two_writers_at_once(tmp_path):
+    """Two runs split by width over one workdir write the same JSON files at once (a
+    race the old shared ``<file>.tmp`` name lost: one writer's rename found no file).
+    Every write must land whole, and no temporary file may be left behind."""
+    import json
+    import threading
+    path = tmp_path / "data.json"
+    errors = []
+
+    def writer(k):
+        try:
+            for i in range(300):
+                ckpt.write_json_atomic(path, {"writer": k, "i": i, "pad": "x" * 4096})
+        except Exception as e:   # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    last = json.loads(path.read_text())
+    assert last["i"] == 299 and last["writer"] in (0, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~ckpt._UMASK)
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "grid.json"
+    ckpt.write_json_atomic(path, {"old": 1})
+
+    def no_rename(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError, match="disk gone"):
+        ckpt.write_text_atomic(path, "new")
+    monkeypatch.undo()
+    assert path.read_text() == '{\n  "old": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json"]
