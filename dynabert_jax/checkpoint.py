@@ -19,7 +19,6 @@ import json
 import os
 import pathlib
 import signal
-import tempfile
 import threading
 from typing import Any, Optional, Tuple
 
@@ -176,25 +175,20 @@ def load_params(directory, like: Any = None) -> Tuple[Any, dict]:
         store.close()
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def write_text_atomic(path, text: str) -> None:
     """Write `text` to `path` so that a crash leaves the old file or the new one, never
     half of either: write a sibling temporary file, fsync it, rename it over `path`.
 
-    The temporary file's name is unique to this call, so two processes writing the same
-    file at once (e.g. two ``stage=direct`` runs split by width over one workdir) each
-    rename a whole file into place; the last rename wins."""
+    The temporary file's name carries the process and thread, so two processes writing
+    the same file at once (e.g. two ``stage=direct`` runs split by width over one
+    workdir) each rename a whole file into place; the last rename wins."""
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes it 0600; match open()'s mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
