@@ -482,11 +482,12 @@ def read_point(path: pathlib.Path) -> dict:
 
 
 def _stats(values: Sequence[float]) -> dict:
+    """Mean, sd, min, max and the values, x100, unrounded: rounding here and again when
+    printing would show 671/872 = 76.9495 as 76.95, then as 77.0 instead of 76.9."""
     vals = [100 * v for v in values]
-    return {"mean": round(statistics.mean(vals), 2),
-            "sd": round(statistics.stdev(vals), 2) if len(vals) > 1 else None,
-            "min": round(min(vals), 2), "max": round(max(vals), 2), "n": len(vals),
-            "values": [round(v, 2) for v in vals]}
+    return {"mean": statistics.mean(vals),
+            "sd": statistics.stdev(vals) if len(vals) > 1 else None,
+            "min": min(vals), "max": max(vals), "n": len(vals), "values": vals}
 
 
 def summarize(points: Sequence[Point], workdir) -> dict:
