@@ -38,3 +38,39 @@ def test_published_results_parse():
     for path in files:
         record = json.loads(path.read_text())
         assert isinstance(record, dict), path
+
+
+# Dev-set sizes of the accuracy tasks in docs/results.md (all of each dev set is used).
+DEV_PAIRS = {"RTE": 277, "MRPC": 408, "SST-2": 872}
+SEED_LIST = re.compile(r"^\d+\.\d( / \d+\.\d)+( \(\d+\.\d\))?$")   # "55.6 / 57.4 (56.5)"
+
+
+def _seed_lists(text):
+    """``(task, line, value)`` for each per-seed accuracy in a results table, where the
+    column's header or else the section names exactly one of DEV_PAIRS' tasks."""
+    section, header = "", []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith(("**", "#")):
+            section = line
+        elif line.startswith(("| cell", "| task")):
+            header = line.split(" | ")
+        elif line.startswith("| (") and len(line.split(" | ")) == len(header):
+            for head, col in zip(header, line.split(" | ")):
+                if not SEED_LIST.match(col):
+                    continue
+                tasks = [t for t in DEV_PAIRS if t in head]
+                if not tasks and not any(t in section for t in ("CoLA", "STS-B")):
+                    tasks = [t for t in DEV_PAIRS if t in section]
+                if len(tasks) == 1:
+                    for value in re.sub(r" \(.*\)$", "", col).split(" / "):
+                        yield tasks[0], n, value
+
+
+def test_per_seed_accuracies_are_whole_dev_examples():
+    # An accuracy on N dev examples is k/N; shown to one decimal it is one of N+1
+    # strings. A value rounded twice (76.9495 -> 76.95 -> 77.0) is none of them.
+    shown = {t: {f"{100 * k / n:.1f}" for k in range(n + 1)} for t, n in DEV_PAIRS.items()}
+    found = list(_seed_lists((ROOT / "docs" / "results.md").read_text()))
+    assert len(found) > 300, len(found)   # the tables are still found
+    bad = [(t, n, v) for t, n, v in found if v not in shown[t]]
+    assert not bad, f"not a whole number of dev examples (task, line, value): {bad}"
