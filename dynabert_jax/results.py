@@ -167,7 +167,9 @@ def grid_cells(record: Mapping) -> Dict[tuple, Mapping]:
 
 
 def targets(record: Mapping) -> dict:
-    """The issue's targets, measured (metric points = x100 for ratio metrics)."""
+    """The issue's targets, measured (metric points = x100 for ratio metrics). The gaps
+    are unrounded: the tables round them once (rounding here to two decimals first showed
+    MRPC's -7.353 as -7.35 and then -7.3)."""
     scale = 100.0
     cells = grid_cells(record)
     out: dict = {}
@@ -175,17 +177,17 @@ def targets(record: Mapping) -> dict:
     full = cells.get((1.0, 1.0))
     if teacher is not None and full is not None:
         gap = (full["metric"] - teacher) * scale
-        out["full_minus_teacher"] = round(gap, 2)
+        out["full_minus_teacher"] = gap
         out["full_within_0.5_of_teacher"] = gap >= -0.5
     small = cells.get((0.25, 0.5))
     if teacher is not None and small is not None:
         gap = (small["metric"] - teacher) * scale
-        out["smallest_minus_teacher"] = round(gap, 2)
+        out["smallest_minus_teacher"] = gap
         out["smallest_within_3_of_teacher"] = gap >= -3.0
     direct = record.get("baselines", {}).get("direct")
     if direct:
         dcells = grid_cells(direct)
-        diffs = {f"{w:g},{d:g}": round((c["metric"] - dcells[(w, d)]["metric"]) * scale, 2)
+        diffs = {f"{w:g},{d:g}": (c["metric"] - dcells[(w, d)]["metric"]) * scale
                  for (w, d), c in cells.items() if (w, d) in dcells}
         out["minus_direct"] = diffs
         out["cells_at_or_above_direct"] = sum(v >= 0 for v in diffs.values())
