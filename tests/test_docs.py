@@ -54,8 +54,8 @@ def _seed_lists(text):
             section = line
         elif line.startswith(("| cell", "| task")):
             header = line.split(" | ")
-        elif line.startswith("| (") and len(line.split(" | ")) == len(header):
-            for head, col in zip(header, line.split(" | ")):
+        elif line.startswith("| (") and len(cols := line.split(" | ")) == len(header):
+            for head, col in zip(header, cols):
                 if not SEED_LIST.match(col):
                     continue
                 tasks = [t for t in DEV_PAIRS if t in head]
