@@ -32,6 +32,41 @@ def test_links_and_named_files_exist(doc):
     assert not missing, f"{doc.relative_to(ROOT)} names files that do not exist: {missing}"
 
 
+def _slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation other than - and _ dropped,
+    spaces to hyphens; a repeated heading gets -1, -2, ..."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)      # a link's text only
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def _anchors(doc):
+    seen, anchors = {}, set()
+    in_code = False
+    for line in doc.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (m := re.match(r"#{1,6} (.+)", line)):
+            base = _slug(m.group(1))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            anchors.add(base if n == 0 else f"{base}-{n}")
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_anchors_name_headings(doc):
+    # A link to a section (`#anchor` or `other.md#anchor`) must land on a heading.
+    broken = []
+    for link in LINK.findall(doc.read_text()):
+        if re.match(r"[a-z]+:", link) or "#" not in link:
+            continue
+        file, anchor = link.split("#", 1)
+        target = doc.parent / file if file else doc
+        if target.suffix == ".md" and target.exists() and anchor not in _anchors(target):
+            broken.append(link)
+    assert not broken, f"{doc.relative_to(ROOT)} links to sections that do not exist: {broken}"
+
+
 def test_published_results_parse():
     files = sorted((ROOT / "docs" / "results").rglob("*.json"))
     assert files
