@@ -1,4 +1,4 @@
-"""Train and evaluate DynaBERT.
+r"""Train and evaluate DynaBERT.
 
     python train.py                                              # the CPU demo
     python train.py --config configs/glue.py:task=sst2 --workdir runs/sst2

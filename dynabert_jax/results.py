@@ -371,7 +371,8 @@ def write_markdown(path: pathlib.Path, generated: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m dynabert_jax.results",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", required=True, help="folder of run workdirs (one per task)")
     p.add_argument("--out", default="docs", help="writes <out>/results/ and <out>/results.md")

@@ -581,7 +581,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     ap = argparse.ArgumentParser(prog="python -m dynabert_jax.sweep",
-                                 description=__doc__.splitlines()[0])
+                                 description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--config", required=True,
                     help="train.py's --config (a config file, optionally file.py:args)")
     ap.add_argument("--workdir", required=True, help="the sweep's folder (one per point)")

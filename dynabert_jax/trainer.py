@@ -811,6 +811,37 @@ def _check_data_options(config) -> None:
                           "> 0: grouped batches are only faster when they are trimmed")
 
 
+# The config section whose batch_size each stage trains with.
+_BATCH_SECTIONS = {"teacher": ("teacher",), "width": ("width",),
+                   "width_depth": ("width_depth",), "final": ("final",),
+                   "direct": ("direct",), "no_rewire": ("width", "width_depth")}
+DTYPES = ("float32", "bfloat16")
+
+
+def _check_run_options(config, stages: Sequence[str]) -> None:
+    """Options that would otherwise fail only once their stage starts, perhaps after
+    hours of an earlier one: the compute dtype, rewiring's accumulation, the device count
+    and the batch sizes the mesh must divide."""
+    if config.model.dtype not in DTYPES:
+        raise ConfigError(f"unknown config.model.dtype {config.model.dtype!r}; choose one "
+                          f"of {DTYPES}")
+    if config.rewire.accumulate not in rewire.ACCUMULATE:
+        raise ConfigError(f"unknown config.rewire.accumulate {config.rewire.accumulate!r}; "
+                          f"choose one of {rewire.ACCUMULATE}")
+    available = jax.device_count()
+    n = config.mesh.num_devices or available
+    if n > available:
+        raise ConfigError(f"config.mesh.num_devices={n}, but only {available} device(s) "
+                          f"exist")
+    sizes = {f"config.{sec}.batch_size": config[sec].batch_size
+             for st in stages for sec in _BATCH_SECTIONS.get(st, ())}
+    sizes["config.eval_batch_size"] = config.eval_batch_size
+    for name, size in sizes.items():
+        if not isinstance(size, int) or size < 1 or size % n:
+            raise ConfigError(f"{name}={size!r} must be a positive multiple of the {n} "
+                              f"device(s) of the mesh (each takes an equal share)")
+
+
 def check_grid(config, model_config=None) -> Tuple[SubNet, ...]:
     """The (width, depth) grid of ``config.widths`` x ``config.depths``, or a
     `ConfigError`: an empty or repeated multiplier, one outside (0, 1], and, given the
@@ -852,11 +883,14 @@ def stages_to_run(config) -> Tuple[str, ...]:
             chain = chain[1:]
         if not config.rewire.enabled:
             chain = tuple(s for s in chain if s != "rewire")
-        return chain + baselines
-    if config.stage not in STAGES:
+        stages = chain + baselines
+    elif config.stage not in STAGES:
         raise ConfigError(f"unknown stage {config.stage!r}; choose one of "
                           f"{STAGES + ('all',)}")
-    return (config.stage,)
+    else:
+        stages = (config.stage,)
+    _check_run_options(config, stages)
+    return stages
 
 
 def enable_compilation_cache(path) -> pathlib.Path:

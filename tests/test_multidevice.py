@@ -76,3 +76,34 @@ def test_8_devices_equal_1_device():
                          env=env, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+
+BATCHES = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    from configs import default
+    from dynabert_jax import trainer
+
+    c = default.get_config()
+    c.stage = "width_depth"
+    assert trainer.stages_to_run(c) == ("width_depth",)
+    c.width_depth.batch_size = 12        # 8 devices cannot share 12 examples evenly
+    try:
+        trainer.stages_to_run(c)
+    except trainer.ConfigError as e:
+        print("ERROR", e)
+    c.width_depth.batch_size, c.teacher.batch_size = 32, 12   # the teacher does not run
+    assert trainer.stages_to_run(c) == ("width_depth",)
+    c.mesh.num_devices = 4               # 12 on 4 devices is fine
+    c.stage = "teacher"
+    assert trainer.stages_to_run(c) == ("teacher",)
+""")
+
+
+def test_batch_the_mesh_does_not_divide_is_a_config_error():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", BATCHES], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("ERROR config.width_depth.batch_size=12 must be a positive multiple of the 8 "
+            "device(s) of the mesh") in out.stdout, out.stdout

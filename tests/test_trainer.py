@@ -228,6 +228,27 @@ def test_bad_grid_fails_before_anything_loads(tiny_bert_dir, tmp_path, widths, d
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("model.dtype", "float16", r"unknown config.model.dtype 'float16'; choose one of "
+                               r"\('float32', 'bfloat16'\)"),
+    ("rewire.accumulate", "per-batch", r"unknown config.rewire.accumulate 'per-batch'"),
+    ("mesh.num_devices", 64, r"config.mesh.num_devices=64, but only \d+ device"),
+    ("width_depth.batch_size", 0, r"config.width_depth.batch_size=0 must be a positive "
+                                  r"multiple"),
+    ("eval_batch_size", -8, r"config.eval_batch_size=-8 must be a positive multiple"),
+])
+def test_option_of_a_later_stage_fails_before_anything_loads(tiny_bert_dir, tmp_path,
+                                                             field, value, match):
+    # Each of these used to fail only when its stage began: after the teacher trained
+    # (rewiring's accumulation, stage 2's batch) or after the data loaded (dtype).
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="all")
+    section, _, name = field.rpartition(".")
+    (c[section] if section else c)[name] = value
+    with pytest.raises(trainer.ConfigError, match=match):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_width_that_keeps_no_head_of_the_model_fails_before_training(tiny_bert_dir,
                                                                      tmp_path):
     # the tiny BERT has 4 heads: round(4 * 0.1) = 0
