@@ -23,6 +23,7 @@ import logging
 import os
 import pathlib
 import shutil
+import tempfile
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -152,6 +153,9 @@ def mismatch_error(header: str, groups: Mapping[str, Sequence[str]]
 
 def read_hf_config(path) -> dict:
     path = pathlib.Path(path)
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file; give the Hugging Face checkpoint folder "
+                              f"that holds it and its config.json ({path.parent})")
     return read_json(path / "config.json", f"{path} is not a Hugging Face checkpoint "
                                            f"directory: no config.json in it")
 
@@ -177,6 +181,11 @@ def config_from_hf(hf: Mapping, head: Optional[str] = None,
         raise CheckpointError("decoder / cross-attention BERT models are not supported")
     if num_labels is None:
         num_labels = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                           "num_attention_heads", "intermediate_size") if k not in hf]
+    if missing:
+        raise CheckpointError(f"config.json lacks {missing}: not a complete "
+                              f"{model_type} config")
     kwargs = dict(
         model_type=model_type,
         vocab_size=hf["vocab_size"],
@@ -271,13 +280,11 @@ def load_state_dict(path) -> Dict[str, np.ndarray]:
     elif (path / "model.safetensors").is_file():
         files = [path / "model.safetensors"]
     elif (path / "model.safetensors.index.json").is_file():
-        index = json.loads((path / "model.safetensors.index.json").read_text())
-        files = [path / f for f in sorted(set(index["weight_map"].values()))]
+        files = _shards(path / "model.safetensors.index.json")
     elif (path / "pytorch_model.bin").is_file():
         files = [path / "pytorch_model.bin"]
     elif (path / "pytorch_model.bin.index.json").is_file():
-        index = json.loads((path / "pytorch_model.bin.index.json").read_text())
-        files = [path / f for f in sorted(set(index["weight_map"].values()))]
+        files = _shards(path / "pytorch_model.bin.index.json")
     else:
         raise CheckpointError(f"no weights in {path}: expected model.safetensors (or its "
                               f"sharded index) or pytorch_model.bin")
@@ -294,8 +301,21 @@ def load_state_dict(path) -> Dict[str, np.ndarray]:
                 part = torch.load(str(f), map_location="cpu", weights_only=True)
         except Exception as e:  # corrupted / truncated / not a checkpoint
             raise CheckpointError(f"could not read weights from {f}: {e}") from e
+        if not isinstance(part, Mapping) or not all(
+                isinstance(k, str) and hasattr(v, "shape") for k, v in part.items()):
+            keys = list(part)[:5] if isinstance(part, Mapping) else type(part).__name__
+            raise CheckpointError(f"{f} is not a state dict of named tensors (it holds "
+                                  f"{keys}); save model.state_dict() itself")
         state.update({k: _to_numpy_f32(v) for k, v in part.items()})
     return state
+
+
+def _shards(index_file: pathlib.Path) -> List[pathlib.Path]:
+    """The weight files a sharded checkpoint's index names."""
+    index = read_json(index_file, f"no {index_file}")
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise CheckpointError(f"{index_file} has no 'weight_map' of tensor names to files")
+    return [index_file.parent / f for f in sorted(set(index["weight_map"].values()))]
 
 
 def _get(tree, path: PathTuple):
@@ -454,24 +474,28 @@ def save_pretrained_pytorch(model: DynaBertModel, params, out_dir, *,
                                 state_dict_from_params(config, params), tokenizer_dir)
 
 
+CHECKPOINT_FILES = ("config.json", "model.safetensors") + _TOKENIZER_FILES
+
+
 def write_checkpoint_dir(out_dir, hf_config: Mapping, state: Mapping[str, np.ndarray],
                          tokenizer_dir=None, extra_files: Optional[Mapping[str, str]] = None
                          ) -> pathlib.Path:
     """Write ``config.json``, ``model.safetensors`` (and tokenizer / extra text files)
-    into ``out_dir`` atomically: everything goes to ``<out_dir>.tmp`` first, which then
-    replaces ``out_dir``, so a crash never leaves a half-written checkpoint."""
+    into ``out_dir`` atomically: everything goes to a new folder beside it first, which
+    then replaces ``out_dir``, so a crash never leaves a half-written checkpoint. An
+    ``out_dir`` holding files of other kinds is refused (`replace_dir`)."""
     from safetensors.numpy import save_file
 
     out_dir = pathlib.Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    ours = CHECKPOINT_FILES + tuple(extra_files or ())
+    check_replaceable(out_dir, ours)
+    tmp = staging_dir(out_dir)
     save_file(dict(state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
     copy_tokenizer_files(tokenizer_dir, tmp)
-    replace_dir(tmp, out_dir)
+    replace_dir(tmp, out_dir, ours)
     return out_dir
 
 
@@ -485,13 +509,51 @@ def copy_tokenizer_files(tokenizer_dir, out_dir) -> None:
             shutil.copy2(src, pathlib.Path(out_dir) / name)
 
 
-def replace_dir(tmp: pathlib.Path, out_dir: pathlib.Path) -> None:
-    """Move the finished folder ``tmp`` to ``out_dir``, replacing what was there."""
+def _named(out_dir) -> pathlib.Path:
+    out_dir = pathlib.Path(out_dir)
+    return out_dir.resolve() if out_dir.name in ("", ".", "..") else out_dir
+
+
+def staging_dir(out_dir) -> pathlib.Path:
+    """A new empty folder beside ``out_dir`` to write into before `replace_dir` moves it
+    into place. Its name is hidden and unique, so it is never a folder of the user's."""
+    out_dir = _named(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+
+
+def check_replaceable(out_dir, ours: Sequence[str]) -> None:
+    """`FileExistsError` unless ``out_dir`` is missing, or a folder that holds only files
+    named in ``ours`` (what the writer makes: an earlier export, which it replaces)."""
+    out_dir = pathlib.Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; give a folder to "
+                              f"write into")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in set(ours))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"{out_dir} already holds files this export does not write ({shown}); "
+            f"replacing the folder would lose them. Write to a new or empty folder, or "
+            f"move them away")
+
+
+def replace_dir(tmp: pathlib.Path, out_dir, ours: Sequence[str] = ()) -> None:
+    """Move the finished folder ``tmp`` to ``out_dir``, replacing an earlier export
+    there (a folder holding only names in ``ours`` or ``tmp``'s files; anything else is
+    refused by `check_replaceable`, and ``tmp`` removed)."""
+    out_dir = _named(out_dir)
+    try:
+        check_replaceable(out_dir, tuple(ours) + tuple(p.name for p in tmp.iterdir()))
+    except FileExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
+        old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-",
+                                            dir=out_dir.parent))
+        os.replace(out_dir, old)   # onto the new empty folder: POSIX rename allows it
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
     else:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
+import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -39,13 +39,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynabert_jax.convert import (
+    _TOKENIZER_FILES,
+    CHECKPOINT_FILES,
     CheckpointError,
+    check_replaceable,
     config_to_hf,
     copy_tokenizer_files,
     mismatch_error,
     read_json,
     read_hf_config,
     replace_dir,
+    staging_dir,
     state_dict_from_params,
     write_checkpoint_dir,
 )
@@ -58,6 +62,7 @@ FORMAT_VERSION = 1
 JAX_CONFIG = "dynabert_config.json"
 JAX_PARAMS = "params.safetensors"
 JAX_EXPORTED = "forward.jax_exported"
+JAX_FILES = (JAX_CONFIG, JAX_PARAMS, JAX_EXPORTED) + _TOKENIZER_FILES
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -204,9 +209,8 @@ def export_jax(model: DynaBertModel, params, subnet: SubNet, out_dir, *,
     if id2label is not None:
         meta["id2label"] = {str(k): v for k, v in id2label.items()}
     out_dir = pathlib.Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    check_replaceable(out_dir, JAX_FILES)
+    tmp = staging_dir(out_dir)
     save_file(flatten_params(small_params), str(tmp / JAX_PARAMS),
               metadata={"format": FORMAT})
     if serialize_forward:
@@ -224,7 +228,7 @@ def export_jax(model: DynaBertModel, params, subnet: SubNet, out_dir, *,
         }
     (tmp / JAX_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     copy_tokenizer_files(tokenizer_dir, tmp)
-    replace_dir(tmp, out_dir)
+    replace_dir(tmp, out_dir, JAX_FILES)
     return out_dir
 
 
@@ -279,19 +283,30 @@ def load_exported(path) -> Callable:
     except Exception as e:
         raise CheckpointError(f"could not deserialize {path / JAX_EXPORTED}: {e}") from e
     params = unflatten_params(_load_safetensors(path / JAX_PARAMS))
-    max_len = meta["config"]["max_position_embeddings"]
+    cfg = meta["config"]
+    max_len = cfg["max_position_embeddings"] - (2 if cfg["model_type"] == "roberta" else 0)
 
     def call(input_ids, attention_mask=None, token_type_ids=None):
+        # Out-of-range ids would not fail inside the compiled function: its embedding
+        # lookups return NaN rows for them. So they are refused here.
         ids = np.asarray(input_ids, np.int32)
         if ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {ids.shape}")
         if ids.shape[1] > max_len:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds the model's "
-                             f"max_position_embeddings {max_len}")
+                             f"{max_len} positions")
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask,
                                                                            np.int32)
         types = np.zeros_like(ids) if token_type_ids is None else np.asarray(
             token_type_ids, np.int32)
+        for name, x, high in (("input_ids", ids, cfg["vocab_size"]),
+                              ("attention_mask", mask, 2),
+                              ("token_type_ids", types, cfg["type_vocab_size"])):
+            if x.shape != ids.shape:
+                raise ValueError(f"{name} has shape {x.shape}, input_ids {ids.shape}")
+            if x.size and (x.min() < 0 or x.max() >= high):
+                raise ValueError(f"{name} must lie in [0, {high}), got values from "
+                                 f"{x.min()} to {x.max()}")
         return exported.call(params, ids, mask, types)
 
     call.exported = exported
@@ -496,14 +511,21 @@ def onnx_session(onnx_path):
 # ----------------------------------------------------------------------------------
 
 
+def max_positions(config: ModelConfig) -> int:
+    """The longest input the model has position embeddings for (RoBERTa's first two
+    rows are the padding index and the one below it)."""
+    return config.max_position_embeddings - (2 if config.model_type == "roberta" else 0)
+
+
 def sample_inputs(config: ModelConfig, batch: int = 3, seq: int = 24, seed: int = 0):
-    """Random int32 inputs with some right padding (for checking an export)."""
+    """Random int32 inputs with some right padding (for checking an export); every row
+    keeps at least one real token."""
     rng = np.random.default_rng(seed)
-    seq = min(seq, config.max_position_embeddings - 2)
+    seq = min(seq, max_positions(config))
     ids = rng.integers(5, config.vocab_size, size=(batch, seq), dtype=np.int32)
     mask = np.ones_like(ids)
     for i in range(1, batch):
-        mask[i, seq - 3 * i:] = 0
+        mask[i, max(1, seq - 3 * i):] = 0
     types = np.zeros_like(ids)
     if config.model_type == "bert":
         types[:, seq // 2:] = 1
@@ -571,6 +593,35 @@ def _report_training(run, subnet: SubNet, workdir) -> None:
               f"--stage")
 
 
+def _check_out(out: pathlib.Path, formats: Sequence[str]) -> None:
+    """Refuse, before anything is written, an ``--out`` whose contents the export would
+    lose or leave stale: a file, a format folder holding other files, or an earlier
+    export's format folder that this one does not rewrite (it would sit beside the new
+    files as if it were the same sub-network)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder")
+    ours = {"jax": JAX_FILES, "pytorch": CHECKPOINT_FILES}
+    for name in formats:
+        if name in ours:
+            check_replaceable(out / name, ours[name])
+    stale = [name for name in FORMATS if name not in formats and (out / name).exists()]
+    if stale:
+        raise FileExistsError(
+            f"{out} holds {', '.join(f'{s}/' for s in stale)} from an earlier export, "
+            f"which --formats {','.join(formats)} would not rewrite; export into a new "
+            f"folder or add {','.join(stale)} to --formats")
+
+
+def _warn_unfinished(workdir, stage: str) -> None:
+    from dynabert_jax.trainer import stage_progress
+
+    progress = stage_progress(workdir, stage)
+    if progress and progress[0] < progress[1]:
+        print(f"warning: stage {stage} of {workdir} stopped at step {progress[0]} of "
+              f"{progress[1]}: these are its best weights so far. Start its train.py "
+              f"command again to finish it")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
@@ -605,20 +656,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"unknown format(s) {unknown}; choose from {FORMATS}")
     if "onnx" in formats and "pytorch" not in formats:
         formats = formats + ("pytorch",)  # ONNX is traced from the PyTorch export
+    for name in ("batch_size", "seq_len"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    out = pathlib.Path(args.out)
     try:
         subnet = SubNet(args.width, args.depth)
         run = load_run(args.workdir, args.stage)
-        subnet.validate(run.model.config)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}")
+        cfg = run.model.config
+        subnet.validate(cfg)
+        if args.seq_len is not None and args.seq_len > max_positions(cfg):
+            raise ValueError(f"--seq-len {args.seq_len} is longer than the model's "
+                             f"{max_positions(cfg)} positions")
+        _check_out(out, formats)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg = run.model.config
-    out = pathlib.Path(args.out)
     print(f"{args.workdir} (stage {run.stage}, task {run.task.name}): exporting "
           f"{subnet.name}: {subnet.num_heads(cfg)}/{cfg.num_attention_heads} heads, "
           f"{subnet.ffn_size(cfg)}/{cfg.intermediate_size} FFN neurons, layers "
           f"{list(subnet.kept_layers(cfg))} of {cfg.num_hidden_layers}")
     _report_training(run, subnet, args.workdir)
+    _warn_unfinished(args.workdir, run.stage)
     written = {}
     if "jax" in formats:
         written["jax"] = export_jax(run.model, run.params, subnet, out / "jax",
@@ -637,7 +697,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  {name:8s} {path}  ({_dir_size(path) / 2**20:.1f} MiB)")
     if args.no_verify:
         return 0
-    diffs = verify_export(run.model, run.params, subnet, out, formats)
+    # the sample batch takes the shape a fixed --batch-size / --seq-len gave the export
+    inputs = sample_inputs(cfg, batch=args.batch_size or 3, seq=args.seq_len or 24)
+    diffs = verify_export(run.model, run.params, subnet, out, formats, inputs)
     ok = all(d <= args.tolerance for d in diffs.values())
     for name, d in diffs.items():
         print(f"  check {name:8s} max |output - JAX sub-network| = {d:.2e} "

@@ -60,7 +60,10 @@ class Selection:
         head = "| width | depth | " + self.metric + " | params (M) | GFLOPs |" + \
             (" latency (ms) |" if lat else "") + " fits |"
         lines = [head, "|---" * (head.count("|") - 1) + "|"]
-        for c in sorted(self.candidates, key=lambda c: (-c.metric, c.flops)):
+        scored = lambda c: math.isfinite(c.metric)   # NaN cells last
+        for c in sorted(self.candidates, key=lambda c: (not scored(c),
+                                                        -c.metric if scored(c) else 0,
+                                                        c.flops)):
             row = f"| {c.width:g} | {c.depth:g} | {_fmt_metric(c.metric)} | " \
                   f"{c.params / 1e6:.2f} | {c.flops / 1e9:.3f} |"
             if lat:
@@ -236,6 +239,9 @@ def select(record: Mapping, *, max_latency_ms: Optional[float] = None,
         key = (float(c["width"]), float(c["depth"]))
         ms = lat.get(key)
         met, failed = [], []
+        if not math.isfinite(float(c["metric"])):
+            failed.append(f"no dev {record.get('metric', 'metric')} (NaN: e.g. a "
+                          f"correlation of constant predictions)")
         for name, limit in budgets.items():
             value = ms if name == "max_latency_ms" else float(c[_FIELD[name]])
             if value is None:
@@ -257,7 +263,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m dynabert_jax.select",
         description="Pick the most accurate DynaBERT sub-network within a latency, FLOPs "
                     "or parameter budget.")
-    p.add_argument("--results", required=True, help="grid.json of a training run")
+    p.add_argument("--results", required=True,
+                   help="grid.json of a training run (or its workdir)")
     p.add_argument("--max-latency-ms", type=float, default=None)
     p.add_argument("--max-flops", default=None, help="encoder FLOPs per sequence, e.g. 2G")
     p.add_argument("--max-params", default=None, help="encoder parameters, e.g. 15M")
@@ -275,7 +282,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.max_latency_ms is None and args.max_flops is None and args.max_params is None:
         p.error("give at least one budget: --max-latency-ms, --max-flops or --max-params")
     try:
-        record = load_json(args.results, "results file")
+        results = pathlib.Path(args.results)
+        if results.is_dir():   # a workdir: the grid.json in it
+            if not (results / "grid.json").is_file():
+                raise SelectionError(f"{results} is a folder without a grid.json: give a "
+                                     f"run's grid.json (train.py writes it into --workdir "
+                                     f"once DynaBERT_W or DynaBERT is evaluated)")
+            results = results / "grid.json"
+        record = load_json(results, "results file")
         _check_grid(record)
         table, source = None, None
         if args.latency:

@@ -454,6 +454,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     record = {"stage": stage, "task": ctx.task.name, "model": _model_signature(ctx.model),
               "teacher_checksum": ctx.checksum(teacher_params) if teacher_params else None,
               "students": [[s.width, s.depth] for s in students],
+              "total_steps": total,
               "config": json.loads(config.to_json_best_effort())}
     store = ckpt.StageCheckpoints(out_dir / "checkpoints", record)
     latest = store.latest_meta()
@@ -776,6 +777,22 @@ def stage_no_rewire(ctx: Context):
     rec = stage_width_depth(ctx, prefix="no_rewire/", top_level=False)
     report.write_grid(rec, ctx.workdir / "no_rewire")
     return rec
+
+
+def stage_progress(workdir, stage: str) -> Optional[Tuple[int, int]]:
+    """``(step, total steps)`` of a training stage's latest checkpoint in ``workdir``;
+    None where it has none or predates the record of its total."""
+    directory = pathlib.Path(workdir) / stage / "checkpoints"
+    if not (directory / "latest").is_dir():
+        return None
+    store = ckpt.StageCheckpoints(directory)
+    try:
+        meta = store.latest_meta()
+    finally:
+        store.close()
+    if not meta or "total_steps" not in meta:
+        return None
+    return int(meta["step"]), int(meta["total_steps"])
 
 
 def latest_trained_stage(workdir: pathlib.Path) -> str:

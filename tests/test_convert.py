@@ -220,6 +220,37 @@ def test_corrupted_and_absent_files(bert_dir, tmp_path):
         dj.from_pretrained_pytorch(empty)
 
 
+def test_checkpoints_of_the_wrong_form_are_explained(bert_dir, tmp_path):
+    # a training script's {"state_dict": ...} saved as pytorch_model.bin
+    wrapped = tmp_path / "wrapped"
+    wrapped.mkdir()
+    (wrapped / "config.json").write_text((bert_dir / "config.json").read_text())
+    torch.save({"state_dict": {"x": torch.zeros(2)}, "epoch": 3},
+               wrapped / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"not a state dict of named tensors \(it "
+                                              r"holds \['state_dict', 'epoch'\]\)"):
+        dj.from_pretrained_pytorch(wrapped)
+    # the weights file instead of its folder
+    with pytest.raises(CheckpointError, match="is a file; give the Hugging Face checkpoint "
+                                              "folder"):
+        dj.from_pretrained_pytorch(bert_dir / "model.safetensors")
+    # a config.json without the model's sizes
+    hf = json.loads((bert_dir / "config.json").read_text())
+    del hf["vocab_size"]
+    (wrapped / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(CheckpointError, match=r"config.json lacks \['vocab_size'\]"):
+        dj.from_pretrained_pytorch(wrapped)
+    # a sharded checkpoint whose index is not JSON, or has no weight map
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "model.safetensors.index.json").write_text("{")
+    with pytest.raises(CheckpointError, match="index.json is not valid JSON"):
+        load_state_dict(sharded)
+    (sharded / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(CheckpointError, match="has no 'weight_map'"):
+        load_state_dict(sharded)
+
+
 def test_unexported_subnetwork_config_is_refused(tmp_path, minilm_path):
     model, params = dj.from_pretrained_pytorch(minilm_path)
     small, small_params = dj.extract_subnetwork(model, params, dj.SubNet(0.5, 0.5))

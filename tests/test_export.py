@@ -193,6 +193,16 @@ def test_jax_export_with_fixed_shapes(minilm, inputs, tmp_path):
         atol=TOL)
     with pytest.raises(Exception):
         f(inputs["input_ids"][:, :10])
+    # what the compiled lookups would turn into NaN rows is refused before the call
+    vocab = model.config.vocab_size
+    for kwargs, match in (({"input_ids": inputs["input_ids"] + vocab}, r"input_ids must "
+                           rf"lie in \[0, {vocab}\)"),
+                          ({"token_type_ids": 2 + 0 * inputs["input_ids"]},
+                           r"token_type_ids must lie in \[0, 2\)"),
+                          ({"attention_mask": inputs["attention_mask"][:, :5]},
+                           r"attention_mask has shape \(3, 5\)")):
+        with pytest.raises(ValueError, match=match):
+            f(**dict(inputs, **kwargs))
 
 
 # -- bad input ----------------------------------------------------------------------
@@ -328,14 +338,111 @@ def test_cli_bad_input(run_dir, minilm_path, tmp_path, capsys):
     workdir, _, _ = run_dir
     assert export.main(["--workdir", str(workdir), "--width", "0.1",
                         "--out", str(tmp_path / "o")]) == 2
-    assert "keeps no attention head" in capsys.readouterr().out
+    assert "keeps no attention head" in capsys.readouterr().err
     assert export.main(["--workdir", str(minilm_path), "--width", "0.5",
                         "--out", str(tmp_path / "o")]) == 2
-    assert "not a dynabert_jax training config" in capsys.readouterr().out
+    assert "not a dynabert_jax training config" in capsys.readouterr().err
     assert export.main(["--workdir", str(tmp_path), "--width", "0.5",
                         "--out", str(tmp_path / "o")]) == 2
-    assert "not a dynabert_jax run folder" in capsys.readouterr().out
+    assert "not a dynabert_jax run folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _files(folder):
+    return sorted(p.name for p in pathlib.Path(folder).iterdir())
+
+
+def test_an_export_never_replaces_a_folder_with_other_files(run_dir, tmp_path):
+    # The folder is written beside the target and swapped in: a folder holding files
+    # the writer does not make (a README, training_args.bin) would lose them, so it is
+    # refused, and a user's own "<out>.tmp" is never touched.
+    _, model, params = run_dir
+    out = tmp_path / "ck"
+    dj.save_pretrained_pytorch(model, params, out)
+    dj.save_pretrained_pytorch(model, params, out)   # an earlier export: replaced
+    assert _files(out) == ["config.json", "model.safetensors"]
+    (out / "README.md").write_text("mine")
+    (tmp_path / "ck.tmp").mkdir()
+    (tmp_path / "ck.tmp" / "keep.txt").write_text("mine too")
+    with pytest.raises(FileExistsError, match=r"already holds files this export does not "
+                                              r"write \(README.md\)"):
+        dj.save_pretrained_pytorch(model, params, out)
+    assert (out / "README.md").read_text() == "mine"
+    assert (tmp_path / "ck.tmp" / "keep.txt").read_text() == "mine too"
+    with pytest.raises(FileExistsError, match="README.md"):
+        export.export_jax(model, params, dj.SubNet(0.5, 1.0), out)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+        export.export_pytorch(model, params, dj.SubNet(0.5, 1.0), tmp_path / "a_file")
+    assert (tmp_path / "a_file").read_text() == "x"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no leftovers
+    jax_out = tmp_path / "j"
+    export.export_jax(model, params, dj.SubNet(0.5, 1.0), jax_out)
+    export.export_jax(model, params, dj.SubNet(0.25, 1.0), jax_out)
+    assert export.load_jax_subnetwork(jax_out)[0].config.num_attention_heads == 1
+
+
+def test_cli_refuses_an_out_it_would_leave_mixed(run_dir, tmp_path, capsys):
+    # A second export with fewer formats would leave the first one's onnx/ (another
+    # sub-network) beside the new jax/ and pytorch/.
+    workdir, _, _ = run_dir
+    out = tmp_path / "out"
+    args = ["--workdir", str(workdir), "--no-verify", "--out", str(out)]
+    assert export.main(args + ["--width", "0.5", "--formats", "jax,onnx"]) == 0
+    assert _files(out) == ["jax", "onnx", "pytorch"]
+    before = (out / "onnx" / "model.onnx").stat().st_mtime_ns
+    capsys.readouterr()
+    assert export.main(args + ["--width", "0.25", "--formats", "jax,pytorch"]) == 2
+    err = capsys.readouterr().err
+    assert "holds onnx/ from an earlier export" in err and "add onnx to --formats" in err
+    assert (out / "onnx" / "model.onnx").stat().st_mtime_ns == before
+    assert export.load_jax_subnetwork(out / "jax")[0].config.num_attention_heads == 2
+    (out / "jax" / "NOTES.txt").write_text("mine")
+    assert export.main(args + ["--width", "0.25"]) == 2
+    assert "NOTES.txt" in capsys.readouterr().err
+    assert export.load_jax_subnetwork(out / "jax")[0].config.num_attention_heads == 2
+
+
+def test_cli_checks_an_export_of_fixed_shape(run_dir, tmp_path, capsys):
+    workdir, _, _ = run_dir
+    args = ["--workdir", str(workdir), "--width", "0.5", "--formats", "jax"]
+    assert export.main(args + ["--out", str(tmp_path / "a"), "--batch-size", "2",
+                               "--seq-len", "16"]) == 0, capsys.readouterr()
+    assert "check jax" in capsys.readouterr().out
+    assert export.load_exported(tmp_path / "a" / "jax")(np.ones((2, 16), np.int32)).shape \
+        == (2, 2)
+    for flag, value, match in (("--seq-len", "0", "--seq-len must be at least 1"),
+                               ("--batch-size", "-2", "--batch-size must be at least 1")):
+        with pytest.raises(SystemExit):
+            export.main(args + ["--out", str(tmp_path / "b"), flag, value])
+        assert match in capsys.readouterr().err
+    assert export.main(args + ["--out", str(tmp_path / "b"), "--seq-len", "100000"]) == 2
+    assert "longer than the model's" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_warns_of_a_stage_that_did_not_finish(run_dir, tmp_path, capsys):
+    from dynabert_jax import checkpoint as ckpt
+
+    source, _, params = run_dir
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text((source / "config.json").read_text())
+    store = ckpt.StageCheckpoints(workdir / "width_depth" / "checkpoints",
+                                  {"total_steps": 40})
+    store.save_best(2, params, {"results": [[0.5, 1.0, {"acc": 0.6}]]})
+    store.save_latest(12, params)
+    store.close()
+    args = ["--workdir", str(workdir), "--width", "0.5", "--formats", "jax", "--no-verify"]
+    assert export.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert "stage width_depth of" in (text := capsys.readouterr().out)
+    assert "stopped at step 12 of 40" in text
+    store = ckpt.StageCheckpoints(workdir / "width_depth" / "checkpoints",
+                                  {"total_steps": 40})
+    store.save_latest(40, params)
+    store.close()
+    assert export.main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert "stopped at" not in capsys.readouterr().out
 
 
 def test_roberta_subnetwork_exports_to_pytorch_and_onnx(tmp_path):

@@ -126,3 +126,24 @@ def test_real_grid_from_training_has_the_model_shape():
     assert rec["model"] == SHAPE
     table, _ = sel.latency_table(latency(), rec)
     assert sel.select(rec, max_latency_ms=10, latency=table).best is not None
+
+
+def test_a_cell_without_a_score_is_never_chosen():
+    # A correlation of constant predictions is NaN in grid.json; max() keeps a NaN that
+    # comes first, so the full network's NaN would have been "the most accurate".
+    rec = grid()
+    rec["subnets"][0]["metric"] = float("nan")
+    s = sel.select(rec, max_flops=2e9)
+    assert (s.best.width, s.best.depth) == (0.75, 1.0)
+    text = s.explain()
+    assert "no: no dev acc (NaN" in text
+    assert text.splitlines()[-3].startswith("| 1 | 1 |")   # listed last
+
+
+def test_cli_takes_the_workdir_for_its_grid(tmp_path, capsys):
+    (tmp_path / "grid.json").write_text(json.dumps(grid()))
+    assert sel.main(["--results", str(tmp_path), "--max-flops", "1G"]) == 0
+    assert "chosen: width 0.5, depth 1" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert sel.main(["--results", str(tmp_path / "empty"), "--max-flops", "1G"]) == 2
+    assert "is a folder without a grid.json" in capsys.readouterr().err
