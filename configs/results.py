@@ -63,10 +63,10 @@ def get_config(arg: str = ""):
         raise ValueError(f"size must be 'cpu' or 'full', got {size!r}")
     c.baselines = ("direct", "no_rewire")
     if size == "cpu":
-        if c.task not in CPU_SEQ:
+        if c.task not in CPU_SEQ and not {"seq", "train_size"} <= set(a):
             raise ValueError(f"size=cpu has settings for {sorted(CPU_SEQ)}, not {c.task!r}; "
                              f"give seq=... and train_size=...")
-        c.data.max_seq_length = CPU_SEQ[c.task]
+        c.data.max_seq_length = CPU_SEQ.get(c.task, c.data.max_seq_length)
         c.data.train_size = CPU_TRAIN_SIZE
         for s in (c.teacher, c.direct, c.width, c.width_depth):
             s.num_epochs = 1.0

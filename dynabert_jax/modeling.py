@@ -525,6 +525,15 @@ def extract_subnetwork(model: DynaBertModel, params, subnet: SubNet):
     a = small_cfg.all_head_size
     f = small_cfg.intermediate_size
     params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else params
+    layers = params.get("encoder", {}) if isinstance(params, dict) else {}
+    q = layers.get("layer_0", {}).get("query", {}).get("kernel")
+    if len(layers) != cfg.num_hidden_layers or q is None \
+            or tuple(q.shape[-1:]) != (cfg.all_head_size,):
+        raise ValueError(
+            f"extract_subnetwork needs the full model's parameters ({cfg.num_hidden_layers} "
+            f"layers, {cfg.num_attention_heads} heads): these have {len(layers)} layers"
+            + ("" if q is None else f" and a query of width {q.shape[-1]}")
+            + "; were they extracted already?")
     small = {k: v for k, v in params.items() if k != "encoder"}
     small["encoder"] = {
         f"layer_{j}": _slice_layer(params["encoder"][f"layer_{i}"], a, f)

@@ -47,6 +47,17 @@ class MetricWriter:
             for key, value in _flatten(values).items():
                 self._tb.add_scalar(key, value, step)
 
+    def drop_after(self, step: int) -> None:
+        """Remove the rows of steps after ``step`` (a run resumed from the checkpoint
+        at ``step`` trains and logs them again)."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = [line for line in lines if not line.strip()
+                or json.loads(line).get("step", 0) <= step]
+        if len(keep) != len(lines):
+            write_text_atomic(self.path, "".join(line + "\n" for line in keep))
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

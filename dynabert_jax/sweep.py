@@ -136,13 +136,22 @@ def expand(axes: Sequence[Tuple[str, Sequence[str]]]) -> List[Point]:
     return points
 
 
-def check_keys(config: str, keys: Sequence[str]) -> None:
-    """`SweepError` if a swept key is not a field of the config (a typo would otherwise
-    fail every point). The config file is loaded as train.py loads it; a file that does
-    not load here is left for train.py to report."""
+def extra_keys(extra: Sequence[str]) -> List[str]:
+    """The config fields that arguments for train.py (after ``--``) override:
+    ``--config.width.learning_rate=1e-4`` or ``--config.seed 3``."""
+    return [a[len("--config."):].split("=", 1)[0] for a in extra
+            if a.startswith("--config.")]
+
+
+def check_keys(config: str, keys: Sequence[str], extra: Sequence[str] = ()) -> None:
+    """`SweepError` if the config file does not load, or a swept key or a field that
+    ``extra`` overrides is not in it: a typo would otherwise fail every point, each
+    after starting its own process. The file is loaded as train.py loads it."""
     import importlib.util
 
     path, _, arg = config.partition(":")
+    if not pathlib.Path(path).is_file():
+        raise SweepError(f"--config {config}: no such file {path}")
     added = [str(REPO_ROOT)] if str(REPO_ROOT) not in sys.path else []
     sys.path[:0] = added
     try:
@@ -150,16 +159,18 @@ def check_keys(config: str, keys: Sequence[str]) -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         cfg = module.get_config(arg) if arg else module.get_config()
-    except Exception:   # noqa: BLE001 - train.py names the problem for every point
-        return
+    except Exception as e:   # noqa: BLE001 - whatever it is, every point would fail on it
+        raise SweepError(f"--config {config} does not load: {type(e).__name__}: {e}"
+                         ) from None
     finally:
         for p in added:
             sys.path.remove(p)
-    for key in keys:
+    for key, where in [(k, f"--set {k}") for k in keys] + [
+            (k, f"--config.{k} (after --)") for k in extra_keys(extra)]:
         node = cfg
         for part in key.split("."):
             if not hasattr(node, "keys") or part not in node.keys():
-                raise SweepError(f"--set {key}: {path} has no field {key!r}")
+                raise SweepError(f"{where}: {path} has no field {key!r}")
             node = node[part]
 
 
@@ -607,7 +618,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workdir = pathlib.Path(args.workdir)
     try:
         axes = parse_axes(args.axes)
-        check_keys(args.config, [k for k, _ in axes])
+        check_keys(args.config, [k for k, _ in axes], extra)
         points = expand(axes)
         if args.dry_run:
             for p in points:

@@ -138,6 +138,9 @@ def _data_roots():
     return ([pathlib.Path(env)] if env else []) + [REPO_ROOT.parent / "shared" / "data"]
 
 
+CUSTOM_FORMATS = ("tsv", "csv", "jsonl")
+
+
 def task_from_config(config):
     """The task ``config.task`` names: a GLUE task, ``squad`` (`SquadTask`) or ``custom``
     (the user's own files, described by ``config.data.custom``); a `ConfigError`
@@ -160,6 +163,12 @@ def task_from_config(config):
         columns = c.text_columns
         if isinstance(columns, str):   # --config.data.custom.text_columns=premise,hypothesis
             columns = tuple(x.strip() for x in columns.split(","))
+        for key in ("train", "dev"):
+            fmt = (c.get("format") or os.path.splitext(str(c[key]))[1].lstrip(".")).lower()
+            if fmt not in CUSTOM_FORMATS:
+                raise ConfigError(f"config.data.custom.{key}={c[key]!r}: unknown format "
+                                  f"{fmt!r}; use a .tsv, .csv or .jsonl file, or set "
+                                  f"config.data.custom.format")
         labels = c.label_list
         if isinstance(labels, str):
             labels = tuple(x.strip() for x in labels.split(",") if x.strip())
@@ -422,6 +431,42 @@ def _abstract_params(model: DynaBertModel):
     return jax.eval_shape(lambda: init_params(model))
 
 
+# Fields that change what a stage trains; compared when it resumes or is found finished
+# (evaluation and checkpoint frequency, logging and paths are not among them).
+_DATA_FIELDS = ("train_size", "dev_size", "max_seq_length", "augmented_train",
+                "augmented_size", "pad_to_multiple_of", "group_by_length")
+_NOT_TRAINING = ("eval_every", "enabled")
+
+
+def training_signature(config, stage: str, students: Sequence[SubNet], total: int) -> dict:
+    """The settings a stage's checkpoints were trained with, flat and JSON-normal: its
+    students, total steps, seed, data sizes, its ``config.<stage>`` section, the losses
+    and the model's dropout and precision."""
+    sig = {"students": [[s.width, s.depth] for s in students], "total_steps": total,
+           "seed": config.seed, "model.dropout": config.model.dropout,
+           "model.dtype": config.model.dtype,
+           "dropout_prng": config.get("dropout_prng", "threefry2x32")}
+    sig.update({f"data.{k}": config.data.get(k) for k in _DATA_FIELDS})
+    sig.update({f"{stage}.{k}": v for k, v in config[stage].items()
+                if k not in _NOT_TRAINING})
+    sig.update({f"loss.{k}": v for k, v in config.loss.items()})
+    return json.loads(json.dumps(sig))
+
+
+def _check_training(stored: Optional[dict], signature: dict, where) -> None:
+    """`CheckpointMismatchError` naming every setting that differs from the run that
+    wrote ``where`` (checkpoints written before the record are taken as they are)."""
+    if not stored or "training" not in stored:
+        return
+    old = stored["training"]
+    diffs = [f"{k}={old.get(k)!r} (now {signature.get(k)!r})"
+             for k in sorted(set(old) | set(signature)) if old.get(k) != signature.get(k)]
+    if diffs:
+        raise ckpt.CheckpointMismatchError(
+            f"{where} was trained with other settings: {'; '.join(diffs)}. Use a fresh "
+            f"workdir for the new settings, or the original ones to resume")
+
+
 def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                 students: Sequence[SubNet], spec: steps.LossSpec,
                 out_name: Optional[str] = None):
@@ -455,9 +500,15 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
               "teacher_checksum": ctx.checksum(teacher_params) if teacher_params else None,
               "students": [[s.width, s.depth] for s in students],
               "total_steps": total,
+              "training": training_signature(config, stage, students, total),
               "config": json.loads(config.to_json_best_effort())}
     store = ckpt.StageCheckpoints(out_dir / "checkpoints", record)
     latest = store.latest_meta()
+    try:
+        _check_training(latest, record["training"], store.directory / "latest")
+    except ckpt.CheckpointMismatchError:
+        store.close()
+        raise
     if latest is not None and int(latest["step"]) >= total:
         # Finished before: its output is the best checkpoint, as it was. Nothing to
         # initialise, restore, train, compile or evaluate.
@@ -484,6 +535,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         state, meta = restored
         start = int(meta["step"])
         best_score = meta.get("best_score", -math.inf)
+        writer.drop_after(start)   # rows logged after that checkpoint are logged again
         log.info("%s: resuming at step %d of %d from %s", stage, start, total,
                  store.directory / "latest")
 
@@ -504,6 +556,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     # One compiled step per batch length: just ``seq`` unless batches are trimmed
     # (config.data.pad_to_multiple_of), then one per length met, compiled on first use.
     t0 = time.perf_counter()
+    log.info("%s: compiling the %d-student step (batch %d x %d tokens)...", stage,
+             len(students), bs, seq)
     compiled = {seq: compile_step(students)}
     compile_s = time.perf_counter() - t0
     memory = {"step": steps.memory_stats(compiled[seq]),
@@ -702,8 +756,9 @@ def stage_rewire(ctx: Context):
                   f"{out / 'checkpoints'}; head order per layer: "
                   f"{np.asarray(info['head_order'])[:, :4].tolist()}...")
             return new
+        batches = list(ctx.dev_batches(cfg.batch_size))   # a known total for the bar
         new, head_imp, neuron_imp = rewire.rewire_network(
-            ctx.model, params, ctx.dev_batches(cfg.batch_size), accumulate=cfg.accumulate,
+            ctx.model, params, batches, accumulate=cfg.accumulate,
             disable=not ctx.config.progress)
         np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
         head_order = np.argsort(-head_imp, axis=1, kind="stable")
@@ -839,6 +894,15 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
     """Options that would otherwise fail only once their stage starts, perhaps after
     hours of an earlier one: the compute dtype, rewiring's accumulation, the device count
     and the batch sizes the mesh must divide."""
+    if config.get("eval_from") and config.eval_from not in ("width", "width_depth", "final"):
+        raise ConfigError(f"unknown config.eval_from {config.eval_from!r}; choose width, "
+                          f"width_depth or final (or leave it empty: the latest trained)")
+    if config.get("tensorboard"):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError:
+            raise ConfigError("config.tensorboard needs the 'tensorboard' package: pip "
+                              "install tensorboard") from None
     if config.model.dtype not in DTYPES:
         raise ConfigError(f"unknown config.model.dtype {config.model.dtype!r}; choose one "
                           f"of {DTYPES}")
@@ -927,19 +991,45 @@ def enable_compilation_cache(path) -> pathlib.Path:
     return path
 
 
+def _check_workdir_task(config, workdir: pathlib.Path) -> None:
+    """A workdir holds one task's run: another task's config is refused (its stages
+    would read or overwrite the first task's checkpoints)."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return
+
+    def name(task):   # "SST-2" and "sst2" are one task
+        try:
+            return data.get_task(task).name
+        except (KeyError, AttributeError, TypeError):
+            return task
+
+    before = old.get("task") if isinstance(old, dict) else None
+    if before is not None and name(before) != name(config.task):
+        raise ConfigError(f"{workdir} holds a run of task {before!r} (its config.json); "
+                          f"this config is task {config.task!r}. Use another --workdir")
+
+
 def train_and_evaluate(config, workdir):
     """Run the stage(s) of ``config.stage`` in ``workdir``; returns the last stage's
     result (the grid record for width/width_depth/final/eval)."""
     stages = stages_to_run(config)   # a bad stage, grid or option fails before data loads
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    _check_workdir_task(config, workdir)
     if config.cpu_unrolled_threefry:
         cpu_rng.unroll_threefry_on_cpu()   # same dropout bits, cheaper on CPU
     if config.get("compilation_cache_dir"):
         enable_compilation_cache(config.compilation_cache_dir)
     ctx = Context.create(config, workdir)
     check_grid(config, ctx.model.config)   # and before any stage trains
+    # Only now, with data and model loaded: a run that fails before keeps the folder's
+    # config.json, which export and load_run read.
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     ckpt.write_json_atomic(workdir / "data.json", ctx.sizes)
     result = None
     for stage in stages:

@@ -178,7 +178,7 @@ def test_jax_export_reloads_in_a_fresh_process(minilm, inputs, tmp_path, subnet)
                                atol=1e-6)
     f = export.load_exported(out)
     np.testing.assert_allclose(f(**inputs), got, atol=1e-6)
-    with pytest.raises(ValueError, match="max_position_embeddings"):
+    with pytest.raises(ValueError, match="length 600 exceeds the model's 512 positions"):
         f(np.zeros((1, 600), np.int32))
 
 
@@ -221,6 +221,15 @@ def test_exporting_an_extracted_subnetwork_again_is_refused(minilm, tmp_path):
     small, small_params = dj.extract_subnetwork(*minilm, dj.SubNet(0.5))
     with pytest.raises(ValueError, match="already an extracted sub-network"):
         export.export_pytorch(small, small_params, dj.SubNet(0.5), tmp_path / "x")
+    # the sliced parameters with the full model: named, not a KeyError deep inside
+    model, _ = minilm
+    with pytest.raises(ValueError, match=r"needs the full model's parameters \(6 layers, "
+                                         r"12 heads\): these have 6 layers and a query of "
+                                         r"width 192; were they extracted already"):
+        dj.extract_subnetwork(model, small_params, dj.SubNet(0.5))
+    _, shallow = dj.extract_subnetwork(*minilm, dj.SubNet(1.0, 0.5))
+    with pytest.raises(ValueError, match="these have 3 layers"):
+        dj.extract_subnetwork(model, shallow, dj.SubNet(0.5))
 
 
 def _truncate(path: pathlib.Path):

@@ -174,6 +174,10 @@ def test_results_config():
     assert full.data.train_size == 0 and full.teacher.learning_rate == 2e-5
     with pytest.raises(ValueError, match="size=cpu has settings"):
         rc.get_config("task=mnli")
+    with pytest.raises(ValueError, match="size=cpu has settings"):
+        rc.get_config("task=mnli,seq=128")
+    q = rc.get_config("task=qnli,seq=128,train_size=500")   # what the error asks for
+    assert (q.data.max_seq_length, q.data.train_size, q.teacher.num_epochs) == (128, 500, 1)
     with pytest.raises(ValueError, match="bad config argument"):
         rc.get_config("tsak=rte")
     g = rc.get_config("task=cola,group=1,epochs=2,baselines=direct,train_size=0")

@@ -60,6 +60,17 @@ def test_a_key_the_config_lacks_is_refused_before_any_run(tmp_path, capsys):
                        "--workdir", str(tmp_path / "sw"), "--set", "sede=1,2"]) == 2
     assert "has no field 'sede'" in capsys.readouterr().err
     assert not (tmp_path / "sw").exists()
+    # the fields train.py's own arguments (after --) override, and the file itself
+    base = ["--workdir", str(tmp_path / "sw"), "--set", "seed=1,2"]
+    assert sweep.main(["--config", f"{REPO}/configs/default.py"] + base
+                      + ["--", "--config.width.learnin_rate=1", "--config.seed", "3"]) == 2
+    assert ("--config.width.learnin_rate (after --): " in (err := capsys.readouterr().err)
+            and "has no field 'width.learnin_rate'" in err)
+    assert sweep.main(["--config", f"{REPO}/configs/glu.py:task=sst2"] + base) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert sweep.main(["--config", f"{REPO}/configs/results.py:task=qnli"] + base) == 2
+    assert "does not load: ValueError: size=cpu has settings" in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()
 
 
 def test_a_point_is_done_when_its_last_record_with_these_flags_succeeded(tmp_path):

@@ -175,6 +175,54 @@ def test_nan_loss_stops_naming_step_and_subnet(tiny_bert_dir, tmp_path):
     store.close()
 
 
+def test_a_stage_trained_with_other_settings_is_not_resumed_or_reused(tiny_bert_dir,
+                                                                     tmp_path):
+    # Resuming, or handing on a finished stage, under settings other than those it was
+    # trained with would mix two runs (or report the old one as the new): refused, with
+    # every setting that differs named. The folder's config.json stays the first run's.
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="width", widths=(1.0, 0.5))
+    c.teacher_checkpoint = str(tiny_bert_dir)   # no teacher stage to train first
+    c.rewire.enabled = False
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    c.widths = (1.0,)
+    c.width.learning_rate = 1e-3
+    with pytest.raises(ckpt.CheckpointMismatchError,
+                       match=r"trained with other settings: students=\[\[1.0, 1.0\], "
+                             r"\[0.5, 1.0\]\] \(now \[\[1.0, 1.0\]\]\); "
+                             r"width.learning_rate=2e-05 \(now 0.001\)"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    c.widths, c.width.learning_rate = (1.0, 0.5), 2e-5
+    c.width.eval_every = 1          # how often it evaluates is not a training setting
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["width"][
+        "eval_every"] == 1
+    # another task in the same folder is refused before anything loads
+    c.task = "rte"
+    with pytest.raises(trainer.ConfigError, match="holds a run of task 'sst2'"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    c.task = "SST-2"   # the same task, spelt as GLUE does
+    c.stage = "eval"
+    c.data.data_dir = str(tmp_path / "nowhere")   # fails on loading the data...
+    with pytest.raises(FileNotFoundError):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    # ... and leaves the run's config.json as it was
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"][
+        "data_dir"] == ""
+
+
+def test_metrics_of_steps_after_the_checkpoint_are_not_logged_twice(tmp_path):
+    from dynabert_jax import report
+
+    w = report.MetricWriter(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3, 4):
+        w.write(step, loss=1.0 / step)
+    w.drop_after(2)        # resumed from the checkpoint at step 2
+    w.write(3, loss=0.5)
+    steps = [json.loads(line)["step"]
+             for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
 def test_checkpoint_of_another_model_is_refused(tiny_bert_dir, tmp_path):
     c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher")
     trainer.train_and_evaluate(c, tmp_path / "run")
