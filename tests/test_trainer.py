@@ -284,6 +284,7 @@ def test_bad_grid_fails_before_anything_loads(tiny_bert_dir, tmp_path, widths, d
     ("width_depth.batch_size", 0, r"config.width_depth.batch_size=0 must be a positive "
                                   r"multiple"),
     ("eval_batch_size", -8, r"config.eval_batch_size=-8 must be a positive multiple"),
+    ("eval_from", "widht", r"unknown config.eval_from 'widht'; choose width, "),
 ])
 def test_option_of_a_later_stage_fails_before_anything_loads(tiny_bert_dir, tmp_path,
                                                              field, value, match):
@@ -295,6 +296,21 @@ def test_option_of_a_later_stage_fails_before_anything_loads(tiny_bert_dir, tmp_
     with pytest.raises(trainer.ConfigError, match=match):
         trainer.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_custom_file_of_unknown_format_fails_before_anything_loads(tiny_bert_dir,
+                                                                   tmp_path):
+    c = tiny_train_config(tiny_bert_dir, tmp_path, task="custom")
+    c.data.custom.train, c.data.custom.dev = str(tmp_path / "train.txt"), "dev.csv"
+    c.data.custom.label_list = "neg,pos"
+    with pytest.raises(trainer.ConfigError, match=r"config.data.custom.train=.*train.txt'"
+                                                  r": unknown format 'txt'"):
+        trainer.stages_to_run(c)
+    c.data.custom.format = "xml"
+    with pytest.raises(trainer.ConfigError, match="unknown format 'xml'"):
+        trainer.stages_to_run(c)
+    c.data.custom.format = "tsv"
+    assert trainer.stages_to_run(c)
 
 
 def test_width_that_keeps_no_head_of_the_model_fails_before_training(tiny_bert_dir,
