@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -34,6 +35,8 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 
 from dynabert_jax.data.tasks import GlueTask, get_task
+
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 2
 ARRAY_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -191,8 +194,11 @@ def tokenize_dataset(ds, tokenizer, task_or_columns: Union[str, GlueTask, Sequen
             return cached
 
     t0 = time.perf_counter()
+    log.info("tokenizing %d examples at seq %d%s...", len(texts[0]), max_seq_length,
+             "" if key is None else " (cached afterwards)")
     arrays = tokenize_texts(tokenizer, texts[0], texts[1] if len(texts) == 2 else None,
                             max_seq_length)
+    log.info("tokenized %d examples in %.1f s", len(texts[0]), time.perf_counter() - t0)
     if labels is not None:
         arrays["labels"] = labels
     if key is not None:
