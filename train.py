@@ -19,10 +19,50 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.py"),
-    "Config file (optionally file.py:args); fields override with --config.x=y.",
-    lock_config=True)
+
+def _bad_override(e: Exception):
+    """A misspelt ``--config.x.y=...`` as one line on stderr (exit status 2), not the
+    traceback ml_collections raises while the flags are parsed."""
+    inner = e.args[0] if e.args else e
+    inner = inner.args[0] if isinstance(inner, KeyError) and inner.args else inner
+    key, _, hint = str(inner).partition("\n")
+    key = key.strip("'\"")
+    given = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--config.")
+             and key in a.split("=", 1)[0].split(".")]
+    where = f" in {given[0]}" if given else ""
+    print(f"train.py: error: the config has no field {key!r}{where}"
+          + (f". {hint}" if hint else ""), file=sys.stderr)
+    sys.exit(2)
+
+
+def _flag_error(e: Exception):
+    """One line: ml_collections puts the config file's whole traceback in the message;
+    its first line says which flag, its last what went wrong."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+    print(f"train.py: error: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        _bad_override(e)
+    except flags.Error as e:   # a value of the wrong type, a config file that fails
+        _flag_error(e)
+
+
+try:   # without --config, the default file's overrides are applied here, on import
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                               "demo.py"),
+        "Config file (optionally file.py:args); fields override with --config.x=y.",
+        lock_config=True)
+except (AttributeError, KeyError) as e:
+    _bad_override(e)
+except flags.Error as e:
+    _flag_error(e)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<task>).")
 
 
@@ -32,7 +72,11 @@ def main(argv):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax is chatty at INFO
     logging.getLogger("dynabert_jax").setLevel(logging.INFO)
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        config.task   # noqa: B018 - a file that failed to load raises on first use
+    except OSError as e:   # the config file did not load (ml_collections defers this)
+        _flag_error(OSError(f"--config: {' '.join(str(e).split())}"))
     import jax
 
     if config.distributed:
@@ -58,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
