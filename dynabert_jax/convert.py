@@ -455,7 +455,7 @@ def from_pretrained_pytorch(path, head: Optional[str] = None,
     return DynaBertModel(config, dtype=dtype), params
 
 
-_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",
+TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",
                     "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -474,7 +474,7 @@ def save_pretrained_pytorch(model: DynaBertModel, params, out_dir, *,
                                 state_dict_from_params(config, params), tokenizer_dir)
 
 
-CHECKPOINT_FILES = ("config.json", "model.safetensors") + _TOKENIZER_FILES
+CHECKPOINT_FILES = ("config.json", "model.safetensors") + TOKENIZER_FILES
 
 
 def write_checkpoint_dir(out_dir, hf_config: Mapping, state: Mapping[str, np.ndarray],
@@ -503,7 +503,7 @@ def copy_tokenizer_files(tokenizer_dir, out_dir) -> None:
     """Copy the tokenizer files of ``tokenizer_dir`` (if any, and if given) along."""
     if tokenizer_dir is None:
         return
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:
         src = pathlib.Path(tokenizer_dir) / name
         if src.is_file():
             shutil.copy2(src, pathlib.Path(out_dir) / name)

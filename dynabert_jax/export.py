@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynabert_jax.convert import (
-    _TOKENIZER_FILES,
     CHECKPOINT_FILES,
+    TOKENIZER_FILES,
     CheckpointError,
     check_replaceable,
     config_to_hf,
@@ -62,7 +62,7 @@ FORMAT_VERSION = 1
 JAX_CONFIG = "dynabert_config.json"
 JAX_PARAMS = "params.safetensors"
 JAX_EXPORTED = "forward.jax_exported"
-JAX_FILES = (JAX_CONFIG, JAX_PARAMS, JAX_EXPORTED) + _TOKENIZER_FILES
+JAX_FILES = (JAX_CONFIG, JAX_PARAMS, JAX_EXPORTED) + TOKENIZER_FILES
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -244,16 +244,19 @@ def _read_jax_meta(path: pathlib.Path) -> dict:
     return meta
 
 
+def _model_config(path: pathlib.Path, meta: Mapping) -> ModelConfig:
+    try:
+        return ModelConfig(**meta["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path / JAX_CONFIG} has an invalid model config: {e}") from e
+
+
 def load_jax_subnetwork(path, dtype=jnp.float32) -> Tuple[DynaBertModel, dict]:
     """``(model, params)`` of a folder written by :func:`export_jax`; every tensor is
     checked against the config (names and shapes) before anything is returned."""
     path = pathlib.Path(path)
     meta = _read_jax_meta(path)
-    try:
-        config = ModelConfig(**meta["config"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path / JAX_CONFIG} has an invalid model config: {e}") from e
-    model = DynaBertModel(config, dtype=dtype)
+    model = DynaBertModel(_model_config(path, meta), dtype=dtype)
     flat = _load_safetensors(path / JAX_PARAMS)
     expected = _flat(jax.eval_shape(lambda: init_params(model)))
     missing = sorted(set(expected) - set(flat))
@@ -283,8 +286,8 @@ def load_exported(path) -> Callable:
     except Exception as e:
         raise CheckpointError(f"could not deserialize {path / JAX_EXPORTED}: {e}") from e
     params = unflatten_params(_load_safetensors(path / JAX_PARAMS))
-    cfg = meta["config"]
-    max_len = cfg["max_position_embeddings"] - (2 if cfg["model_type"] == "roberta" else 0)
+    cfg = _model_config(path, meta)
+    max_len = max_positions(cfg)
 
     def call(input_ids, attention_mask=None, token_type_ids=None):
         # Out-of-range ids would not fail inside the compiled function: its embedding
@@ -299,9 +302,9 @@ def load_exported(path) -> Callable:
                                                                            np.int32)
         types = np.zeros_like(ids) if token_type_ids is None else np.asarray(
             token_type_ids, np.int32)
-        for name, x, high in (("input_ids", ids, cfg["vocab_size"]),
+        for name, x, high in (("input_ids", ids, cfg.vocab_size),
                               ("attention_mask", mask, 2),
-                              ("token_type_ids", types, cfg["type_vocab_size"])):
+                              ("token_type_ids", types, cfg.type_vocab_size)):
             if x.shape != ids.shape:
                 raise ValueError(f"{name} has shape {x.shape}, input_ids {ids.shape}")
             if x.size and (x.min() < 0 or x.max() >= high):
