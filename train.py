@@ -44,25 +44,26 @@ def _flag_error(e: Exception):
     sys.exit(2)
 
 
-def _parse_flags(argv):
+def _or_config_error(fn, *args, **kwargs):
+    """``fn(...)``, or a config mistake found while the flags are parsed as one line."""
     try:
-        return flags.FLAGS(argv)
+        return fn(*args, **kwargs)
     except (AttributeError, KeyError) as e:
         _bad_override(e)
     except flags.Error as e:   # a value of the wrong type, a config file that fails
         _flag_error(e)
 
 
-try:   # without --config, the default file's overrides are applied here, on import
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                               "demo.py"),
-        "Config file (optionally file.py:args); fields override with --config.x=y.",
-        lock_config=True)
-except (AttributeError, KeyError) as e:
-    _bad_override(e)
-except flags.Error as e:
-    _flag_error(e)
+def _parse_flags(argv):
+    return _or_config_error(flags.FLAGS, argv)
+
+
+# Without --config, the default file's overrides are applied here, on import.
+_CONFIG = _or_config_error(
+    config_flags.DEFINE_config_file, "config",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.py"),
+    "Config file (optionally file.py:args); fields override with --config.x=y.",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<task>).")
 
 

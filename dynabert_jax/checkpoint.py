@@ -160,6 +160,15 @@ class StageCheckpoints:
                     f"{where} was written with {key}={meta[key]!r}, but this run has "
                     f"{key}={self.record[key]!r}; use a fresh workdir or the original "
                     f"settings")
+        # "training": the flat settings that decide what was trained (trainer.py); a
+        # checkpoint written before the record is taken as it is.
+        old, new = meta.get("training"), self.record.get("training")
+        if old is not None and new is not None and old != new:
+            diffs = [f"{k}={old.get(k)!r} (now {new.get(k)!r})"
+                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            raise CheckpointMismatchError(
+                f"{where} was trained with other settings: {'; '.join(diffs)}. Use a "
+                f"fresh workdir for the new settings, or the original ones to resume")
 
     def close(self) -> None:
         self._latest.close()

@@ -23,6 +23,16 @@ from dynabert_jax.flops import count_params, encoder_flops
 from dynabert_jax.subnet import FULL, SubNet
 
 
+def tensorboard_writer():
+    """TensorBoard's ``SummaryWriter`` class, or an ImportError saying what to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # optional dependency
+        raise ImportError("config.tensorboard needs the 'tensorboard' package: "
+                          "pip install tensorboard") from e
+    return SummaryWriter
+
+
 class MetricWriter:
     """Appends one JSON object per line to ``path``; optionally mirrors scalars to
     TensorBoard (needs the ``tensorboard`` package)."""
@@ -30,14 +40,7 @@ class MetricWriter:
     def __init__(self, path, tensorboard_dir: Optional[str] = None):
         self.path = pathlib.Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tb = None
-        if tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # pragma: no cover - optional dependency
-                raise ImportError("config.tensorboard needs the 'tensorboard' package: "
-                                  "pip install tensorboard") from e
-            self._tb = SummaryWriter(tensorboard_dir)
+        self._tb = tensorboard_writer()(tensorboard_dir) if tensorboard_dir else None
 
     def write(self, step: int, **values) -> None:
         record = {"step": int(step), "time": round(time.time(), 3), **values}

@@ -60,10 +60,8 @@ class Selection:
         head = "| width | depth | " + self.metric + " | params (M) | GFLOPs |" + \
             (" latency (ms) |" if lat else "") + " fits |"
         lines = [head, "|---" * (head.count("|") - 1) + "|"]
-        scored = lambda c: math.isfinite(c.metric)   # NaN cells last
-        for c in sorted(self.candidates, key=lambda c: (not scored(c),
-                                                        -c.metric if scored(c) else 0,
-                                                        c.flops)):
+        order = lambda c: (-c.metric if math.isfinite(c.metric) else math.inf, c.flops)
+        for c in sorted(self.candidates, key=order):   # NaN cells last
             row = f"| {c.width:g} | {c.depth:g} | {_fmt_metric(c.metric)} | " \
                   f"{c.params / 1e6:.2f} | {c.flops / 1e9:.3f} |"
             if lat:

@@ -138,7 +138,10 @@ def _data_roots():
     return ([pathlib.Path(env)] if env else []) + [REPO_ROOT.parent / "shared" / "data"]
 
 
-CUSTOM_FORMATS = ("tsv", "csv", "jsonl")
+# config.model.dtype: the compute dtype of each name (parameters stay float32)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The stages whose output is a DynaBERT grid, latest first (eval and export read these).
+TRAINED_STAGES = ("final", "width_depth", "width")
 
 
 def task_from_config(config):
@@ -164,11 +167,11 @@ def task_from_config(config):
         if isinstance(columns, str):   # --config.data.custom.text_columns=premise,hypothesis
             columns = tuple(x.strip() for x in columns.split(","))
         for key in ("train", "dev"):
-            fmt = (c.get("format") or os.path.splitext(str(c[key]))[1].lstrip(".")).lower()
-            if fmt not in CUSTOM_FORMATS:
-                raise ConfigError(f"config.data.custom.{key}={c[key]!r}: unknown format "
-                                  f"{fmt!r}; use a .tsv, .csv or .jsonl file, or set "
-                                  f"config.data.custom.format")
+            try:
+                data.custom_format(c[key], c.get("format"))
+            except ValueError as e:
+                raise ConfigError(f"config.data.custom.{key}={c[key]!r}: {e}; or set "
+                                  f"config.data.custom.format") from None
         labels = c.label_list
         if isinstance(labels, str):
             labels = tuple(x.strip() for x in labels.split(",") if x.strip())
@@ -329,7 +332,7 @@ class Context:
         hf = read_hf_config(pretrained)
         model_config = config_from_hf(hf, head=head, num_labels=task.num_labels,
                                       **model_overrides(config))
-        dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+        dtype = DTYPES[config.model.dtype]
         mesh = sharding.make_mesh(config.mesh.num_devices or None)
         log.info("task %s: %d train%s, %s dev examples; mesh of %d %s device(s)", task.name,
                  data.num_examples(train), "" if train_augmented is None else
@@ -453,20 +456,6 @@ def training_signature(config, stage: str, students: Sequence[SubNet], total: in
     return json.loads(json.dumps(sig))
 
 
-def _check_training(stored: Optional[dict], signature: dict, where) -> None:
-    """`CheckpointMismatchError` naming every setting that differs from the run that
-    wrote ``where`` (checkpoints written before the record are taken as they are)."""
-    if not stored or "training" not in stored:
-        return
-    old = stored["training"]
-    diffs = [f"{k}={old.get(k)!r} (now {signature.get(k)!r})"
-             for k in sorted(set(old) | set(signature)) if old.get(k) != signature.get(k)]
-    if diffs:
-        raise ckpt.CheckpointMismatchError(
-            f"{where} was trained with other settings: {'; '.join(diffs)}. Use a fresh "
-            f"workdir for the new settings, or the original ones to resume")
-
-
 def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                 students: Sequence[SubNet], spec: steps.LossSpec,
                 out_name: Optional[str] = None):
@@ -499,13 +488,11 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     record = {"stage": stage, "task": ctx.task.name, "model": _model_signature(ctx.model),
               "teacher_checksum": ctx.checksum(teacher_params) if teacher_params else None,
               "students": [[s.width, s.depth] for s in students],
-              "total_steps": total,
               "training": training_signature(config, stage, students, total),
               "config": json.loads(config.to_json_best_effort())}
     store = ckpt.StageCheckpoints(out_dir / "checkpoints", record)
-    latest = store.latest_meta()
     try:
-        _check_training(latest, record["training"], store.directory / "latest")
+        latest = store.latest_meta()   # refused if written for another model or settings
     except ckpt.CheckpointMismatchError:
         store.close()
         raise
@@ -845,14 +832,13 @@ def stage_progress(workdir, stage: str) -> Optional[Tuple[int, int]]:
         meta = store.latest_meta()
     finally:
         store.close()
-    if not meta or "total_steps" not in meta:
-        return None
-    return int(meta["step"]), int(meta["total_steps"])
+    total = (meta or {}).get("training", {}).get("total_steps")
+    return None if total is None else (int(meta["step"]), int(total))
 
 
 def latest_trained_stage(workdir: pathlib.Path) -> str:
     """The last finished DynaBERT stage in ``workdir``: final, width_depth or width."""
-    for s in ("final", "width_depth", "width"):
+    for s in TRAINED_STAGES:
         if (workdir / s / "checkpoints" / "best").is_dir():
             return s
     raise FileNotFoundError(f"nothing trained in {workdir} yet: no width, width_depth or "
@@ -887,25 +873,23 @@ def _check_data_options(config) -> None:
 _BATCH_SECTIONS = {"teacher": ("teacher",), "width": ("width",),
                    "width_depth": ("width_depth",), "final": ("final",),
                    "direct": ("direct",), "no_rewire": ("width", "width_depth")}
-DTYPES = ("float32", "bfloat16")
 
 
 def _check_run_options(config, stages: Sequence[str]) -> None:
     """Options that would otherwise fail only once their stage starts, perhaps after
     hours of an earlier one: the compute dtype, rewiring's accumulation, the device count
     and the batch sizes the mesh must divide."""
-    if config.get("eval_from") and config.eval_from not in ("width", "width_depth", "final"):
+    if config.get("eval_from") and config.eval_from not in TRAINED_STAGES:
         raise ConfigError(f"unknown config.eval_from {config.eval_from!r}; choose width, "
                           f"width_depth or final (or leave it empty: the latest trained)")
     if config.get("tensorboard"):
         try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        except ImportError:
-            raise ConfigError("config.tensorboard needs the 'tensorboard' package: pip "
-                              "install tensorboard") from None
+            report.tensorboard_writer()
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
     if config.model.dtype not in DTYPES:
         raise ConfigError(f"unknown config.model.dtype {config.model.dtype!r}; choose one "
-                          f"of {DTYPES}")
+                          f"of {tuple(DTYPES)}")
     if config.rewire.accumulate not in rewire.ACCUMULATE:
         raise ConfigError(f"unknown config.rewire.accumulate {config.rewire.accumulate!r}; "
                           f"choose one of {rewire.ACCUMULATE}")

@@ -438,7 +438,7 @@ def test_cli_warns_of_a_stage_that_did_not_finish(run_dir, tmp_path, capsys):
     workdir.mkdir()
     (workdir / "config.json").write_text((source / "config.json").read_text())
     store = ckpt.StageCheckpoints(workdir / "width_depth" / "checkpoints",
-                                  {"total_steps": 40})
+                                  {"training": {"total_steps": 40}})
     store.save_best(2, params, {"results": [[0.5, 1.0, {"acc": 0.6}]]})
     store.save_latest(12, params)
     store.close()
@@ -447,7 +447,7 @@ def test_cli_warns_of_a_stage_that_did_not_finish(run_dir, tmp_path, capsys):
     assert "stage width_depth of" in (text := capsys.readouterr().out)
     assert "stopped at step 12 of 40" in text
     store = ckpt.StageCheckpoints(workdir / "width_depth" / "checkpoints",
-                                  {"total_steps": 40})
+                                  {"training": {"total_steps": 40}})
     store.save_latest(40, params)
     store.close()
     assert export.main(args + ["--out", str(tmp_path / "b")]) == 0

@@ -36,6 +36,7 @@ from dynabert_jax.data.features import (
 )
 from dynabert_jax.data.glue import (
     DataFormatError,
+    custom_format,
     file_sha256,
     from_hub_dataset,
     load_custom,
@@ -55,7 +56,8 @@ from dynabert_jax.data import squad  # noqa: F401  (data.squad.prepare_features,
 
 __all__ = [
     "TASKS", "GlueTask", "get_task", "custom_task", "CUSTOM_METRICS",
-    "DataFormatError", "load_glue", "load_glue_augmented", "load_custom", "read_glue_tsv",
+    "DataFormatError", "load_glue", "load_glue_augmented", "load_custom", "custom_format",
+    "read_glue_tsv",
     "from_hub_dataset",
     "file_sha256",
     "tokenize_dataset", "tokenize_texts", "tokenizer_fingerprint", "content_fingerprint",

@@ -432,6 +432,18 @@ def _custom_rows(path, fmt: str, column_names) -> Iterator[Tuple[int, Dict[str, 
         raise DataFormatError(f"{path}: no data rows")
 
 
+CUSTOM_FORMATS = ("tsv", "csv", "jsonl")
+
+
+def custom_format(path, format: Optional[str] = None) -> str:
+    """``format``, or else the file's extension, checked to be one `load_custom` reads;
+    a `ValueError` otherwise."""
+    fmt = (format or os.path.splitext(os.fspath(path))[1].lstrip(".")).lower()
+    if fmt not in CUSTOM_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use .tsv, .csv or .jsonl")
+    return fmt
+
+
 def load_custom(path, text_columns: Sequence[str], label_column: str = "label",
                 label_list: Optional[Sequence] = None, is_regression: bool = False,
                 column_names: Optional[Sequence[str]] = None, format: Optional[str] = None):
@@ -457,10 +469,10 @@ def load_custom(path, text_columns: Sequence[str], label_column: str = "label",
     text_columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
     if not 1 <= len(text_columns) <= 2:
         raise ValueError(f"text_columns must name 1 or 2 columns, got {text_columns}")
-    fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
-    if fmt not in ("tsv", "csv", "jsonl"):
-        raise ValueError(f"{path}: unknown format {fmt!r}; use .tsv, .csv or .jsonl "
-                         "(or pass format=)")
+    try:
+        fmt = custom_format(path, format)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e} (or pass format=)") from None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
 
