@@ -1,6 +1,6 @@
 r"""Train and evaluate DynaBERT.
 
-    python train.py                                              # the CPU demo
+    python train.py                                    # the CPU demo, into runs/demo
     python train.py --config configs/glue.py:task=sst2 --workdir runs/sst2
     python train.py --config configs/glue.py:task=rte,stage=width_depth \
         --workdir runs/rte --config.width_depth.learning_rate=1e-5
@@ -58,13 +58,25 @@ def _parse_flags(argv):
     return _or_config_error(flags.FLAGS, argv)
 
 
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.py")
+
 # Without --config, the default file's overrides are applied here, on import.
 _CONFIG = _or_config_error(
-    config_flags.DEFINE_config_file, "config",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.py"),
+    config_flags.DEFINE_config_file, "config", DEMO_CONFIG,
     "Config file (optionally file.py:args); fields override with --config.x=y.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<task>).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output folder (default runs/<task>; runs/demo for the demo config).")
+
+
+def default_workdir(config_file: str, task: str) -> str:
+    """``runs/<task>``, but ``runs/demo`` for the demo: its 2,000-example SST-2 run would
+    otherwise take the folder of the GLUE SST-2 recipe (and be refused there, or refuse it,
+    as a run with other settings)."""
+    path = config_file.split(":", 1)[0]
+    if os.path.abspath(path) == DEMO_CONFIG:
+        return os.path.join("runs", "demo")
+    return os.path.join("runs", task)
 
 
 def main(argv):
@@ -88,7 +100,8 @@ def main(argv):
     from dynabert_jax.convert import CheckpointError
     from dynabert_jax.data import DataFormatError
 
-    workdir = _WORKDIR.value or os.path.join("runs", config.task)
+    workdir = _WORKDIR.value or default_workdir(
+        config_flags.get_config_filename(flags.FLAGS["config"]), config.task)
     try:
         trainer.train_and_evaluate(config, workdir)
     except (trainer.ConfigError, DataFormatError, CheckpointError, CheckpointMismatchError,

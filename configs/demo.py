@@ -1,6 +1,6 @@
 """The README demo: the whole DynaBERT pipeline on CPU in about ten minutes.
 
-    python train.py                      # = --config configs/demo.py --workdir runs/sst2
+    python train.py                      # = --config configs/demo.py --workdir runs/demo
 
 The real all-MiniLM-L6-v2 BERT (6 layers, hidden 384) on a fixed 2,000-example subset of
 SST-2 at sequence length 64 (no dev sentence is longer): teacher fine-tuning (1 epoch),

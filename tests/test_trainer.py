@@ -457,3 +457,21 @@ def test_augmented_file_feeds_the_distillation_stages_only(tiny_bert_dir, glue_d
                               **{"data.augmented_train": str(aug)})
     with pytest.raises(ValueError, match="augmented_train is for GLUE tasks"):
         trainer.train_and_evaluate(squad, tmp_path / "bad")
+
+
+def test_demo_and_glue_sst2_default_to_different_workdirs():
+    # the demo (2,000 SST-2 examples) must not take runs/sst2, where the GLUE SST-2
+    # recipe goes: one would refuse the other's checkpoints as trained with other settings
+    script = ("import sys; sys.argv = ['train.py', *sys.argv[1:]]; import train; "
+              "from absl import flags; from ml_collections import config_flags; "
+              "flags.FLAGS(sys.argv); c = flags.FLAGS['config']; "
+              "print(train.default_workdir(config_flags.get_config_filename(c), c.value.task))")
+    for args, workdir in (([], "runs/demo"),
+                          (["--config", "configs/demo.py"], "runs/demo"),
+                          (["--config", str(REPO / "configs/demo.py")], "runs/demo"),
+                          (["--config", "configs/glue.py:task=sst2"], "runs/sst2"),
+                          (["--config", "configs/glue.py:task=rte,stage=width"], "runs/rte")):
+        out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                             text=True, cwd=REPO)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == workdir, (args, out.stdout)
