@@ -28,7 +28,8 @@ import orbax.checkpoint as ocp
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint that does not belong to this run (other model shape or teacher)."""
+    """A checkpoint that does not belong to this run: another model shape, teacher or
+    task, or (a training stage's) other training settings."""
 
 
 def tree_checksum(tree: Any) -> str:

@@ -1,7 +1,7 @@
 """Analytic parameter counts and encoder FLOPs of a sub-network.
 
-Conventions follow ``shared/spec/dynabert-reference.md`` section 6.3, which reproduces the
-x-axes of the paper's Figure 3:
+Conventions follow ``../shared/spec/dynabert-reference.md`` section 6.3, which
+reproduces the x-axes of the paper's Figure 3:
 
 * parameters count the embeddings (word, position, token type, LayerNorm), the kept
   layers at their kept width, and the pooler when the model has one; the task head

@@ -8,8 +8,8 @@
 * :func:`logit_mse`: ``mean_b mean_c (z_s - z_t)^2``, the prediction-layer loss for a
   regression head (TinyBERT's choice; the official DynaBERT has none, a variant here).
 * :func:`task_loss`: cross-entropy (classification), MSE on the single logit
-  (regression), or the mean of start/end cross-entropies (span); weighted means so that
-  zero-weight padding examples do not count.
+  (regression), or Hugging Face's QA loss (span); weighted means so that zero-weight
+  padding examples do not count. Training and rewiring's importance both use it.
 """
 from __future__ import annotations
 
@@ -76,7 +76,22 @@ def hidden_mse(student_hidden: Sequence[Array], teacher_hidden: Sequence[Array],
 
 
 def task_loss(head: str, logits: Array, batch: Mapping[str, Array]) -> Array:
-    """The supervised loss of a head on a batch (weighted by ``batch["weight"]``)."""
+    """The official task loss of a head, a mean over the real examples of a batch.
+
+    Args:
+      head: ``"classification"``, ``"regression"`` or ``"span"``.
+      logits: ``[batch, num_labels]`` (classification / regression) or
+        ``[batch, seq, 2]`` (span).
+      batch: ``"labels"`` ``[batch]`` (int class ids; float targets for regression) or,
+        for ``"span"``, ``"start_positions"`` / ``"end_positions"`` ``[batch]``; optional
+        ``"weight"`` ``[batch]`` (1 real, 0 padding: padded rows count for nothing).
+
+    Returns:
+      A scalar: mean cross-entropy (classification), mean squared error of the single
+      logit (regression), or Hugging Face's QA loss ``(CE(start) + CE(end)) / 2`` of
+      ``BertForQuestionAnswering``: positions are clamped to ``[0, seq]``, so a negative
+      one counts as position 0 (``[CLS]``) and one at or past ``seq`` is ignored.
+    """
     weights = batch.get("weight")
     if head == "classification":
         ce = optax.softmax_cross_entropy_with_integer_labels(
@@ -88,11 +103,16 @@ def task_loss(head: str, logits: Array, batch: Mapping[str, Array]) -> Array:
         return _weighted_mean(err, weights)
     if head == "span":
         logits = logits.astype(jnp.float32)
-        start = optax.softmax_cross_entropy_with_integer_labels(
-            logits[..., 0], batch["start_positions"].astype(jnp.int32))
-        end = optax.softmax_cross_entropy_with_integer_labels(
-            logits[..., 1], batch["end_positions"].astype(jnp.int32))
-        return _weighted_mean((start + end) / 2.0, weights)
+        seq = logits.shape[1]
+        real = (jnp.ones(logits.shape[:1], jnp.float32) if weights is None
+                else weights.astype(jnp.float32))
+        parts = []
+        for i, key in enumerate(("start_positions", "end_positions")):
+            pos = jnp.clip(batch[key].astype(jnp.int32), 0, seq)   # seq: ignore_index
+            ce = optax.softmax_cross_entropy_with_integer_labels(
+                logits[..., i], jnp.minimum(pos, seq - 1))
+            parts.append(_weighted_mean(ce, real * (pos != seq)))
+        return (parts[0] + parts[1]) / 2.0
     raise ValueError(f"no task loss for head {head!r}")
 
 

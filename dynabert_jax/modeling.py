@@ -477,7 +477,8 @@ def default_position_ids(config: ModelConfig, input_ids: Array) -> Array:
 
 
 def init_params(model: DynaBertModel, rng: Optional[Array] = None, seq_len: int = 8):
-    """Fresh full-size parameters (BERT initialisation: N(0, 0.02), zero biases)."""
+    """Fresh full-size parameters (BERT initialisation: N(0, config.initializer_range),
+    zero biases)."""
     rng = jax.random.PRNGKey(0) if rng is None else rng
     ids = jnp.zeros((1, seq_len), jnp.int32)
     return model.init(rng, ids, subnet=FULL)["params"]

@@ -4,7 +4,7 @@ DynaBERT rewires the fine-tuned network once, before training DynaBERT_W, so tha
 narrower sub-network (which keeps a *prefix* of the heads and neurons of each layer,
 see :mod:`dynabert_jax.subnet`) keeps the most important ones. This module reproduces
 ``compute_neuron_head_importance`` and ``reorder_neuron_head`` of the official code
-(``shared/spec/dynabert-reference.md`` section 3, checklist item 9.2).
+(``../shared/spec/dynabert-reference.md`` section 3, checklist item 9.2).
 
 Importance (:func:`importance`)
 -------------------------------
@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from dynabert_jax.losses import task_loss
 from dynabert_jax.modeling import DynaBertModel, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -75,59 +76,6 @@ _LABEL_KEYS = {
     "regression": ("labels",),
     "span": ("start_positions", "end_positions"),
 }
-
-
-# ----------------------------------------------------------------------------------
-# Task loss
-# ----------------------------------------------------------------------------------
-
-
-def _weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
-    """``sum(w * v) / sum(w)``; padded rows (``w = 0``) contribute exactly nothing."""
-    return jnp.sum(weight * values) / jnp.maximum(jnp.sum(weight), 1e-12)
-
-
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example cross-entropy: logits ``[batch, classes]``, labels ``[batch]``."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-
-
-def task_loss(config: ModelConfig, logits: jax.Array, batch: Mapping[str, jax.Array]
-              ) -> jax.Array:
-    """The official task loss, a (weighted) mean over the real examples of a batch.
-
-    Args:
-      config: the model's config; ``config.head`` selects the loss.
-      logits: ``[batch, num_labels]`` (classification / regression) or
-        ``[batch, seq, 2]`` (span).
-      batch: ``"labels"`` ``[batch]`` (int class ids; float targets for regression) or,
-        for ``"span"``, ``"start_positions"`` / ``"end_positions"`` ``[batch]``;
-        ``"weight"`` ``[batch]`` float (1 real, 0 padding).
-
-    Returns:
-      A scalar: mean cross-entropy (classification), mean squared error of the single
-      logit (regression), or Hugging Face's QA loss ``(CE(start) + CE(end)) / 2`` where
-      positions outside ``[0, seq)`` are clamped to ``seq`` and ignored, as in
-      ``BertForQuestionAnswering``.
-    """
-    weight = batch["weight"].astype(jnp.float32)
-    if config.head == "classification":
-        return _weighted_mean(_cross_entropy(logits, batch["labels"].astype(jnp.int32)),
-                              weight)
-    if config.head == "regression":
-        err = logits[:, 0].astype(jnp.float32) - batch["labels"].astype(jnp.float32)
-        return _weighted_mean(jnp.square(err), weight)
-    if config.head == "span":
-        seq = logits.shape[1]
-        losses = []
-        for i, key in enumerate(("start_positions", "end_positions")):
-            pos = jnp.clip(batch[key].astype(jnp.int32), 0, seq)  # seq = ignore_index
-            valid = (pos != seq).astype(jnp.float32) * weight
-            ce = _cross_entropy(logits[:, :, i], jnp.minimum(pos, seq - 1))
-            losses.append(_weighted_mean(ce, valid))
-        return (losses[0] + losses[1]) / 2
-    raise ValueError(f"no task loss for head {config.head!r}")
 
 
 # ----------------------------------------------------------------------------------
@@ -178,7 +126,7 @@ def _batch_scores(model: DynaBertModel, params, batch):
                           attention_mask=batch["attention_mask"],
                           token_type_ids=batch.get("token_type_ids"),
                           deterministic=True, head_mask=head_mask)
-        return task_loss(cfg, out.logits, batch)
+        return task_loss(cfg.head, out.logits, batch)
 
     ones = jnp.ones((cfg.num_hidden_layers, cfg.num_attention_heads), jnp.float32)
     loss, (g_head, g_ffn) = jax.value_and_grad(loss_fn, argnums=(0, 1))(ones, ffn)

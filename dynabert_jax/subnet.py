@@ -5,7 +5,7 @@ A :class:`SubNet` is a small frozen, hashable value. It is passed to the model a
 own (smaller) static shapes, and a sub-network really computes only what it keeps.
 
 The rules are those of the official DynaBERT code (``transformers/modeling_bert.py``
-of ``huawei-noah/Pretrained-Language-Model``; see ``shared/spec/dynabert-reference.md``
+of ``huawei-noah/Pretrained-Language-Model``; see ``../shared/spec/dynabert-reference.md``
 sections 1 and 2):
 
 * heads kept ``h = round(H * width)`` with Python's round-half-to-even;

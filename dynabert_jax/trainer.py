@@ -58,7 +58,6 @@ STAGES = ("teacher", "rewire", "width", "width_depth", "final", "eval", "direct"
           "no_rewire")
 BASELINES = ("direct", "no_rewire")
 CHAIN = ("teacher", "rewire", "width", "width_depth", "final")
-_TRAINED = ("teacher", "width", "width_depth", "final")
 AUGMENTED_STAGES = ("width", "width_depth")   # config.data.augmented_train adds to these
 _READS_AUGMENTED = (*AUGMENTED_STAGES, "no_rewire")   # no_rewire trains both of them
 
@@ -215,11 +214,17 @@ def model_overrides(config) -> dict:
     return out
 
 
+def default_squad_dev() -> pathlib.Path:
+    """The SQuAD v1.1 dev file of the first data root that has it (``_data_roots``)."""
+    found = [root / "squad" / "v1.1" / "dev-v1.1.json" for root in _data_roots()]
+    return next((f for f in found if f.is_file()), found[0])
+
+
 def _squad_split(config, tokenizer, which: str):
     """(examples, features) of the SQuAD ``train`` or ``dev`` file of the config."""
     path = config.data.squad_train if which == "train" else config.data.squad_dev
     if not path and which == "dev":
-        path = _data_roots()[0] / "squad" / "v1.1" / "dev-v1.1.json"
+        path = default_squad_dev()
     if not path or not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"SQuAD {which} file not found ({path or 'unset'}): set "
                                 f"config.data.squad_{which} to a SQuAD v1.1 JSON file")

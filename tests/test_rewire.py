@@ -13,7 +13,7 @@ import transformers
 from transformers.models.bert import modeling_bert
 
 import dynabert_jax as dj
-from dynabert_jax import SubNet, rewire
+from dynabert_jax import SubNet, losses, rewire
 from dynabert_jax.convert import config_from_hf, params_from_state_dict, read_hf_config
 
 ROWS, BATCH, SEQ = 40, 8, 64   # first 40 RTE dev rows, the official batch size 8
@@ -390,13 +390,13 @@ def test_span_loss_is_the_hf_qa_loss():
     seq = 12
     logits = jnp.asarray(rng.normal(size=(4, seq, 2)).astype(np.float32))
     start = np.array([3, 0, 40, 5], np.int32)   # 40 is out of range: ignored
-    end = np.array([5, 11, 2, 7], np.int32)
+    end = np.array([5, 11, -2, 7], np.int32)    # -2 is clamped to 0, as HF does
     weight = np.array([1, 1, 1, 0], np.float32)  # the last row is padding
-    ours = rewire.task_loss(model.config, logits, dict(
+    ours = losses.task_loss(model.config.head, logits, dict(
         start_positions=start, end_positions=end, weight=weight))
     t = torch.tensor(np.asarray(logits)[:3])
     ce = torch.nn.CrossEntropyLoss(ignore_index=seq)
-    s, e = torch.as_tensor(start[:3]).long().clamp(0, seq), torch.as_tensor(end[:3]).long()
+    s, e = (torch.as_tensor(p[:3]).long().clamp(0, seq) for p in (start, end))
     ref = (ce(t[..., 0], s) + ce(t[..., 1], e)) / 2
     np.testing.assert_allclose(float(ours), float(ref), rtol=1e-6)
     # And importance runs end to end with a span head.

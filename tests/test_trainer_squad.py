@@ -68,3 +68,15 @@ def test_squad_scores_gold_logits_and_official_metric(tiny_bert_dir, tmp_path, s
                                                                      ex.answer_texts[0])]
     assert all(ex.answer_texts[0] in preds[ex.id] for ex in misses)
     assert len(misses) <= 0.1 * len(examples) and scores["exact_match"] >= 90.0
+
+
+def test_squad_dev_default_falls_back_to_the_next_data_root(tmp_path, monkeypatch):
+    # $DYNABERT_DATA without a squad/ folder: ../shared/data's file, as for GLUE
+    shared = trainer.REPO_ROOT.parent / "shared" / "data" / "squad" / "v1.1" / "dev-v1.1.json"
+    monkeypatch.setenv("DYNABERT_DATA", str(tmp_path))
+    if shared.is_file():
+        assert trainer.default_squad_dev() == shared
+    mine = tmp_path / "squad" / "v1.1" / "dev-v1.1.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("{}")
+    assert trainer.default_squad_dev() == mine   # $DYNABERT_DATA first when it has one
