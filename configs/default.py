@@ -32,6 +32,9 @@ def stage(lr=2e-5, epochs=3.0, batch_size=32, warmup_ratio=-1.0, eval_every=50, 
     s.batch_size = batch_size  # global, over all devices
     s.warmup_ratio = warmup_ratio  # -1: auto (0 for BERT, 0.06 for RoBERTa, as official)
     s.eval_every = eval_every  # 0: only at the end of the stage
+    # also evaluate at the last step when eval_every does not divide the steps (the
+    # official code does not; a stage shorter than eval_every is evaluated at its end)
+    s.eval_at_end = False
     for k, v in extra.items():
         s[k] = v
     return s
@@ -99,6 +102,9 @@ def get_config():
     c.rewire.accumulate = "official"  # official (never-zeroed gradients) | per_batch
     c.rewire.batch_size = 8
     c.width = stage(lambda_logit=1.0, lambda_hidden=0.1)
+    # distill: the paper's DynaBERT_W, as the official code trains it with --data_aug;
+    # task: the task loss per width, no teacher, as it trains without --data_aug
+    c.width.objective = "distill"
     c.width_depth = stage(lambda_logit=1.0, lambda_hidden=1.0)
     c.final = stage(eval_every=10, enabled=False)  # optional stage 3
     # Baselines (docs/results.md), run after the chain by stage=all when listed:

@@ -141,6 +141,8 @@ def _data_roots():
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The stages whose output is a DynaBERT grid, latest first (eval and export read these).
 TRAINED_STAGES = ("final", "width_depth", "width")
+#: DynaBERT_W's loss (``config.width.objective``): distillation, or the task loss alone.
+WIDTH_OBJECTIVES = ("distill", "task")
 
 
 def task_from_config(config):
@@ -443,7 +445,10 @@ def _abstract_params(model: DynaBertModel):
 # (evaluation and checkpoint frequency, logging and paths are not among them).
 _DATA_FIELDS = ("train_size", "dev_size", "max_seq_length", "augmented_train",
                 "augmented_size", "pad_to_multiple_of", "group_by_length")
-_NOT_TRAINING = ("eval_every", "enabled")
+_NOT_TRAINING = ("eval_every", "eval_at_end", "enabled")
+# Settings added after checkpoints began recording theirs: at the value that earlier
+# versions trained with, they stay out of the record, so those checkpoints still match.
+_ADDED_LATER = {"width.objective": "distill"}
 
 
 def training_signature(config, stage: str, students: Sequence[SubNet], total: int) -> dict:
@@ -458,6 +463,9 @@ def training_signature(config, stage: str, students: Sequence[SubNet], total: in
     sig.update({f"{stage}.{k}": v for k, v in config[stage].items()
                 if k not in _NOT_TRAINING})
     sig.update({f"loss.{k}": v for k, v in config.loss.items()})
+    for k, old_value in _ADDED_LATER.items():
+        if sig.get(k, old_value) == old_value:
+            sig.pop(k, None)
     return json.loads(json.dumps(sig))
 
 
@@ -485,6 +493,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     tx, schedule = steps.make_optimizer(scfg.learning_rate, total,
                                         int(warmup_ratio * total))
     eval_every = int(scfg.eval_every) or total
+    # the official code evaluates every eval_every steps only; a stage needs a result
+    eval_last = bool(scfg.get("eval_at_end", False)) or total < eval_every
     ckpt_every = int(config.checkpoint_every) or eval_every
 
     fsdp = bool(config.mesh.fsdp)
@@ -618,7 +628,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                                  learning_rate=float(schedule(step)),
                                  examples_per_second=eps, seq_len=length)
                     t_last, n_last = time.perf_counter(), 0
-                if done % eval_every == 0 or done == total:
+                if done % eval_every == 0 or (done == total and eval_last):
                     results = evaluator(state.params, students, progress=config.progress)
                     score = evaluator.score(results)
                     writer.write(done, stage=stage, eval={s.name: r for s, r in results.items()},
@@ -782,9 +792,12 @@ def _distill_spec(ctx: Context, stage: str) -> steps.LossSpec:
 
 def stage_width(ctx: Context, init=None, prefix: str = "", top_level: bool = True):
     students = grid(ctx.config.widths, (1.0,))
+    if ctx.config.width.objective == "task":   # the official code without --data_aug
+        teacher, spec = None, steps.LossSpec(kind="task")
+    else:
+        teacher, spec = teacher_params(ctx), _distill_spec(ctx, "width")
     _, info = train_stage(ctx, "width", _width_init(ctx) if init is None else init,
-                          teacher_params(ctx), students, _distill_spec(ctx, "width"),
-                          out_name=prefix + "width")
+                          teacher, students, spec, out_name=prefix + "width")
     return _write_grid(ctx, prefix + "width", results_from_info(info), top_level)
 
 
@@ -895,6 +908,9 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
     if config.model.dtype not in DTYPES:
         raise ConfigError(f"unknown config.model.dtype {config.model.dtype!r}; choose one "
                           f"of {tuple(DTYPES)}")
+    if config.width.objective not in WIDTH_OBJECTIVES:
+        raise ConfigError(f"unknown config.width.objective {config.width.objective!r}; "
+                          f"choose one of {WIDTH_OBJECTIVES}")
     if config.rewire.accumulate not in rewire.ACCUMULATE:
         raise ConfigError(f"unknown config.rewire.accumulate {config.rewire.accumulate!r}; "
                           f"choose one of {rewire.ACCUMULATE}")

@@ -299,6 +299,8 @@ def test_bad_grid_fails_before_anything_loads(tiny_bert_dir, tmp_path, widths, d
                                   r"multiple"),
     ("eval_batch_size", -8, r"config.eval_batch_size=-8 must be a positive multiple"),
     ("eval_from", "widht", r"unknown config.eval_from 'widht'; choose width, "),
+    ("width.objective", "labels", r"unknown config.width.objective 'labels'; choose one "
+                                  r"of \('distill', 'task'\)"),
 ])
 def test_option_of_a_later_stage_fails_before_anything_loads(tiny_bert_dir, tmp_path,
                                                              field, value, match):
@@ -475,3 +477,60 @@ def test_demo_and_glue_sst2_default_to_different_workdirs():
                              text=True, cwd=REPO)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip() == workdir, (args, out.stdout)
+
+
+def _evaluated_steps(run, stage):
+    lines = (run / stage / "metrics.jsonl").read_text().splitlines()
+    return [x["step"] for x in map(json.loads, lines) if "eval" in x]
+
+
+def test_evaluations_at_every_eval_every_steps_and_at_the_end_only_if_asked(tiny_bert_dir,
+                                                                           tmp_path):
+    # the official code evaluates (and keeps the best) every eval_every steps only: the
+    # last steps after the last multiple are never a candidate
+    for (steps, every, at_end), want in (((3, 2, False), [2]), ((3, 2, True), [2, 3]),
+                                         ((2, 5, False), [2])):  # shorter: at its end
+        c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher",
+                              **{"teacher.max_steps": steps, "teacher.eval_every": every,
+                                 "teacher.eval_at_end": at_end})
+        run = tmp_path / f"run{steps}{every}{at_end}"
+        trainer.train_and_evaluate(c, run)
+        assert _evaluated_steps(run, "teacher") == want, (steps, every, at_end)
+        info = ckpt.StageCheckpoints(run / "teacher" / "checkpoints").best_info()
+        assert info["step"] in want
+
+
+def test_width_objective_task_trains_dynabert_w_on_labels_without_a_teacher(
+        tiny_bert_dir, tmp_path, monkeypatch):
+    # the official code without --data_aug: the task loss per width, no teacher terms
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="width", widths=(1.0, 0.5))
+    c.teacher_checkpoint = str(tiny_bert_dir)
+    c.rewire.enabled = False
+    c.width.objective = "task"
+    seen = {}
+    real = trainer.train_stage
+
+    def spy(ctx, stage, init, teacher, students, spec, **kw):
+        seen.update(teacher=teacher, spec=spec)
+        return real(ctx, stage, init, teacher, students, spec, **kw)
+
+    monkeypatch.setattr(trainer, "train_stage", spy)
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    assert seen["teacher"] is None and seen["spec"].kind == "task"
+    assert len(json.loads((tmp_path / "run" / "width" / "grid.json").read_text())[
+        "subnets"]) == 2
+    # resuming it as a distillation run is refused (it had no teacher)
+    c.width.objective = "distill"
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"teacher_checksum=None"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+
+
+def test_settings_added_later_keep_earlier_checkpoints_resumable(tiny_bert_dir, tmp_path):
+    # a checkpoint recorded before width.objective existed was trained by distillation:
+    # the default leaves the key out of the record, so the two still match
+    c = tiny_train_config(tiny_bert_dir, tmp_path)
+    students = trainer.grid(c.widths, (1.0,))
+    sig = trainer.training_signature(c, "width", students, 10)
+    assert "width.objective" not in sig and "width.learning_rate" in sig
+    c.width.objective = "task"
+    assert trainer.training_signature(c, "width", students, 10)["width.objective"] == "task"
