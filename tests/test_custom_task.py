@@ -116,6 +116,7 @@ def custom_run(tiny_bert_dir, glue_dir, tmp_path_factory):
     return tmp / "run", record, dev
 
 
+@pytest.mark.slow
 def test_custom_task_trains_the_chain(custom_run):
     run, record, dev = custom_run
     assert record["task"] == "custom" and record["metric"] == "acc_and_f1"

@@ -244,7 +244,7 @@ def test_dropout_prng_choice_keeps_the_step_deterministic():
     model, student = _tiny(dropout=0.1)
     _, teacher = _tiny(seed=2)
     tx, _ = steps.make_optimizer(1e-3, 10)
-    fn = jax.jit(steps.make_train_step(model, dj.grid((1.0, 0.5), (1.0, 0.5)),
+    fn = jax.jit(steps.make_train_step(model, dj.grid((1.0, 0.5), (0.5,)),
                                        steps.LossSpec("distill", 1.0, 1.0), tx))
     assert np.array_equal(steps.dropout_key(3), jax.random.PRNGKey(3))
     losses_by = {}

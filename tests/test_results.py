@@ -32,6 +32,7 @@ def run_with_baselines(tiny_bert_dir, tmp_path_factory):
     return config, tmp / "run"
 
 
+@pytest.mark.slow
 def test_direct_trains_each_shape_alone_from_the_pretrained_weights(run_with_baselines):
     config, run = run_with_baselines
     model, like = _like(config)
@@ -59,6 +60,7 @@ def test_direct_trains_each_shape_alone_from_the_pretrained_weights(run_with_bas
     jax.tree_util.tree_map(np.testing.assert_array_equal, full, teacher)
 
 
+@pytest.mark.slow
 def test_no_rewire_equals_the_chain_with_rewiring_disabled(run_with_baselines, tmp_path):
     config, run = run_with_baselines
     _, like = _like(config)
@@ -79,6 +81,7 @@ def test_no_rewire_equals_the_chain_with_rewiring_disabled(run_with_baselines, t
     assert len(json.loads((run / "no_rewire" / "grid.json").read_text())["subnets"]) == 12
 
 
+@pytest.mark.slow
 def test_run_records_data_sizes_and_stage_times(run_with_baselines):
     config, run = run_with_baselines
     sizes = json.loads((run / "data.json").read_text())
@@ -93,6 +96,7 @@ def test_run_records_data_sizes_and_stage_times(run_with_baselines):
     assert stages == ["teacher", "rewire", "width", "width_depth", "direct", "no_rewire"]
 
 
+@pytest.mark.slow
 def test_collect_and_render(run_with_baselines, tmp_path):
     _, run = run_with_baselines
     runs = tmp_path / "runs"

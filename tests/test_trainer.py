@@ -36,6 +36,7 @@ def all_stages(tiny_bert_dir, tmp_path_factory):
     return config, tmp / "run", record
 
 
+@pytest.mark.slow
 def test_every_stage_runs_and_writes_its_outputs(all_stages):
     config, run, record = all_stages
     for stage in ("teacher", "width", "width_depth", "final"):
@@ -64,6 +65,7 @@ def test_every_stage_runs_and_writes_its_outputs(all_stages):
     assert memory["num_students"] == 12 and memory["peak_ratio"] <= 2.0
 
 
+@pytest.mark.slow
 def test_rewire_then_width_start_from_permuted_teacher(all_stages):
     config, run, _ = all_stages
     like = _like(config)
@@ -75,6 +77,7 @@ def test_rewire_then_width_start_from_permuted_teacher(all_stages):
     assert info["accumulate"] == "official"
 
 
+@pytest.mark.slow
 def test_eval_stage_and_rerun_is_a_no_op(all_stages, capsys, tmp_path):
     config, run, record = all_stages
     config = config.copy_and_resolve_references()
@@ -102,6 +105,7 @@ def test_eval_stage_and_rerun_is_a_no_op(all_stages, capsys, tmp_path):
     assert (copy / "rewire" / "importance.npz").read_bytes() != before[files[2]][0]
 
 
+@pytest.mark.slow
 def test_one_cell_final_fine_tuning_in_a_folder_that_links_the_run(all_stages, tmp_path):
     """docs/deploy.md: stage 3 for one cell, in a new folder that links the trained
     stages, trains and scores that cell alone and leaves the run's own final/ as it was."""
@@ -137,6 +141,7 @@ def test_teacher_checksum_is_computed_once_per_teacher(monkeypatch):
     assert ctx.checksum(teacher) == real(teacher) and len(calls) == 5
 
 
+@pytest.mark.slow
 def test_teacher_from_pytorch_checkpoint_skips_teacher_stage(all_stages, tmp_path):
     config, run, _ = all_stages
     # Export the trained teacher as a Hugging Face checkpoint, then start a new run from it.
@@ -361,6 +366,7 @@ def test_demo_falls_back_to_shipped_slice_equal_to_the_full_data_subset(monkeypa
         trainer.resolve_data_dir(c)
 
 
+@pytest.mark.slow
 def test_trimmed_grouped_batches_train_and_bad_options_are_errors(tiny_bert_dir, tmp_path):
     c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher",
                           **{"data.pad_to_multiple_of": 8, "data.group_by_length": True,
@@ -423,6 +429,7 @@ def test_compilation_cache_is_filled_then_reused_with_the_same_results(tiny_bert
         compilation_cache.reset_cache()
 
 
+@pytest.mark.slow
 def test_augmented_file_feeds_the_distillation_stages_only(tiny_bert_dir, glue_dir, tmp_path):
     """config.data.augmented_train: DynaBERT_W trains on the training set followed by the
     augmented rows (the official --data_aug), the teacher on the training set alone (and

@@ -29,6 +29,7 @@ def _config(tiny_bert_dir, tmp_path, squad_slice, **kw):
     return c
 
 
+@pytest.mark.slow
 def test_squad_every_stage(tiny_bert_dir, tmp_path, squad_slice):
     c = _config(tiny_bert_dir, tmp_path, squad_slice, **{"final.enabled": True})
     record = trainer.train_and_evaluate(c, tmp_path / "run")
