@@ -53,7 +53,8 @@ def get_config():
     c.model.tokenizer = ""          # default: the pretrained folder
     c.model.dtype = "float32"       # float32 | bfloat16 (compute; params stay float32)
     c.model.dropout = -1.0          # >= 0 overrides hidden and attention dropout
-    # A fine-tuned Hugging Face PyTorch teacher; set it to skip the teacher stage.
+    # A fine-tuned Hugging Face PyTorch teacher (with its task head); set it to skip the
+    # teacher stage.
     c.teacher_checkpoint = ""
 
     c.data = ml_collections.ConfigDict()

@@ -351,12 +351,14 @@ def _known_unused(key: str, config: ModelConfig, prefix: str) -> Optional[str]:
 
 
 def params_from_state_dict(config: ModelConfig, state: Mapping[str, np.ndarray],
-                           rng: Optional[jax.Array] = None, source: str = "state dict"):
+                           rng: Optional[jax.Array] = None, source: str = "state dict",
+                           require_head: bool = False):
     """Convert a PyTorch state dict to our parameter tree (strict; see module doc).
 
     A requested head that the checkpoint lacks entirely (e.g. a classifier on top of a
-    pre-trained encoder) is initialised fresh from ``rng``; a head that is only partly
-    there is an error.
+    pre-trained encoder) is initialised fresh from ``rng``, or with ``require_head`` is
+    an error (a fine-tuned model was expected); a head that is only partly there is an
+    error.
     """
     tried = f"{architecture(config)} (model_type {config.model_type!r}, key prefix " \
             f"'{config.model_type}.' or none)"
@@ -370,6 +372,10 @@ def params_from_state_dict(config: ModelConfig, state: Mapping[str, np.ndarray],
     enc, head = encoder_table(config, prefix), head_table(config)
     head_present = [e for e in head if e.key in state]
     fresh_head = bool(head) and not head_present
+    if fresh_head and require_head:
+        raise CheckpointError(
+            f"{source} has no {config.head} head ({', '.join(sorted({e.key for e in head}))}):"
+            f" a fine-tuned model was expected, not a pre-trained encoder")
     table = enc + ([] if fresh_head else head)
 
     missing = [e.key for e in table if e.key not in state]
@@ -429,14 +435,16 @@ def state_dict_from_params(config: ModelConfig, params,
 
 def from_pretrained_pytorch(path, head: Optional[str] = None,
                             num_labels: Optional[int] = None, *, dtype=jnp.float32,
-                            rng: Optional[jax.Array] = None, **config_overrides):
+                            rng: Optional[jax.Array] = None, require_head: bool = False,
+                            **config_overrides):
     """Load a Hugging Face PyTorch BERT / RoBERTa checkpoint directory.
 
     Args:
       path: folder with ``config.json`` and ``model.safetensors`` (or
         ``pytorch_model.bin``).
       head: ``None`` (encoder only), ``"classification"``, ``"regression"`` or
-        ``"span"``. A head missing from the checkpoint is initialised from ``rng``.
+        ``"span"``. A head missing from the checkpoint is initialised from ``rng``
+        (with ``require_head``: a `CheckpointError`).
       num_labels: classes of the classification head; by default from the checkpoint.
       dtype: computation dtype of the returned model (parameters stay float32).
       **config_overrides: fields of :class:`ModelConfig` to override (e.g. dropout).
@@ -451,8 +459,40 @@ def from_pretrained_pytorch(path, head: Optional[str] = None,
         for key in ("classifier.weight", "classifier.out_proj.weight"):
             if key in state:  # the checkpoint's own head decides
                 config = dataclasses.replace(config, num_labels=state[key].shape[0])
-    params = params_from_state_dict(config, state, rng=rng, source=str(path))
+    params = params_from_state_dict(config, state, rng=rng, source=str(path),
+                                    require_head=require_head)
     return DynaBertModel(config, dtype=dtype), params
+
+
+def label_order(hf_config: Mapping, labels: Sequence[str]) -> Optional[List[int]]:
+    """Where each of ``labels`` (a task's, in id order) is among a fine-tuned checkpoint's
+    outputs, when its ``id2label`` names the same labels (ignoring case) in another order;
+    ``None`` when they are in order or named otherwise (``LABEL_0``, ``negative``...).
+
+    RoBERTa's MNLI head, for one, is contradiction / neutral / entailment, against GLUE's
+    contradiction / entailment / neutral (the official code swaps the two by hand).
+    """
+    id2label = hf_config.get("id2label") or {}
+    try:
+        names = [str(v).lower() for _, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))]
+    except (TypeError, ValueError):
+        return None
+    want = [str(x).lower() for x in labels]
+    if names == want or sorted(names) != sorted(want) or len(set(want)) != len(want):
+        return None
+    return [names.index(w) for w in want]
+
+
+def permute_labels(config: ModelConfig, params, order: Sequence[int]):
+    """``params`` with the classifier's outputs taken in ``order`` (see `label_order`)."""
+    *_, last = head_table(config)   # the output layer's bias (its kernel comes first)
+    path = last.path[:-1]
+    out = jax.tree_util.tree_map(lambda x: x, params)   # new containers, same arrays
+    layer = dict(_get(out, path))
+    layer["kernel"] = layer["kernel"][:, jnp.asarray(order)]
+    layer["bias"] = layer["bias"][jnp.asarray(order)]
+    _set(out, path, layer)
+    return out
 
 
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from dynabert_jax import checkpoint as ckpt
 from dynabert_jax import cpu_rng, data, metrics, report, rewire, sharding, steps
 from dynabert_jax.convert import (CheckpointError, config_from_hf, from_pretrained_pytorch,
-                                  read_hf_config, read_json)
+                                  label_order, permute_labels, read_hf_config, read_json)
 from dynabert_jax.modeling import DynaBertModel
 from dynabert_jax.subnet import FULL, SubNet, grid
 
@@ -665,18 +665,27 @@ def _stage_output(ctx: Context, stage: str):
 
 def teacher_params(ctx: Context):
     """The fine-tuned teacher: ``config.teacher_checkpoint`` (a Hugging Face PyTorch
-    folder) if set, else the output of the ``teacher`` stage."""
+    folder, with its task head; outputs it names as the task's labels in another order are
+    put in the task's) if set, else the output of the ``teacher`` stage."""
     if ctx.teacher is not None:
         return ctx.teacher
     path = ctx.config.teacher_checkpoint
     if path:
         model, params = from_pretrained_pytorch(
-            path, head=ctx.model.config.head, num_labels=ctx.task.num_labels)
+            path, head=ctx.model.config.head, num_labels=ctx.task.num_labels,
+            require_head=True)
         want = dataclasses.replace(ctx.model.config, num_labels=model.config.num_labels)
         if model.config != want:
             raise CheckpointError(f"teacher_checkpoint {path} has another architecture "
                                   f"than config.model.pretrained: {model.config} vs "
                                   f"{ctx.model.config}")
+        labels = getattr(ctx.task, "label_list", None)
+        order = label_order(read_hf_config(path), labels) if labels else None
+        if order is not None:
+            log.warning("teacher_checkpoint %s has the task's labels in another order "
+                        "(its id2label): took its outputs %s as %s", path, order,
+                        list(labels))
+            params = permute_labels(model.config, params, order)
         ctx.teacher = params
     else:
         ctx.teacher = _stage_output(ctx, "teacher")[0]

@@ -91,6 +91,17 @@ def tiny_bert_dir(tmp_path_factory, minilm_path):
                           max_position_embeddings=128)
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, minilm_path):
+    """``tiny_bert_dir``'s architecture with a (random) 2-label classifier: a stand-in for
+    a fine-tuned teacher checkpoint (``config.teacher_checkpoint``)."""
+    import transformers
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_teacher"), minilm_path,
+                          transformers.BertForSequenceClassification, num_hidden_layers=4,
+                          max_position_embeddings=128)
+
+
 def save_tiny_bert(path, minilm_path, model_class, **config):
     """A random Hugging Face BERT of `model_class` (hidden 32, 4 heads, FFN 64, MiniLM's
     vocabulary; `config` overrides) saved in `path` with the real MiniLM tokenizer."""

@@ -139,6 +139,47 @@ def test_fresh_head_on_pretrained_encoder(minilm_path, caplog):
     assert params["classifier"]["kernel"].shape == (384, 1)
     model, params = dj.from_pretrained_pytorch(minilm_path, head="span")
     assert "pooler" not in params and params["qa_outputs"]["kernel"].shape == (384, 2)
+    # where a fine-tuned model is expected (a teacher), no head is an error
+    with pytest.raises(CheckpointError, match=r"has no classification head "
+                                              r"\(classifier.bias, classifier.weight\): "
+                                              r"a fine-tuned model was expected"):
+        dj.from_pretrained_pytorch(minilm_path, head="classification", num_labels=3,
+                                   require_head=True)
+
+
+def test_label_order_from_the_checkpoints_label_names():
+    from dynabert_jax.convert import label_order
+
+    glue_mnli = ("contradiction", "entailment", "neutral")
+    roberta_mnli = {"id2label": {"0": "CONTRADICTION", "1": "NEUTRAL", "2": "ENTAILMENT"}}
+    assert label_order(roberta_mnli, glue_mnli) == [0, 2, 1]
+    assert label_order({"id2label": {"1": "entailment", "0": "not_entailment"}},
+                       ("entailment", "not_entailment")) == [1, 0]
+    rte, sst2 = ("entailment", "not_entailment"), ("0", "1")
+    for hf, labels in (({"id2label": {"0": "LABEL_1", "1": "LABEL_0"}}, sst2),  # generic
+                       ({"id2label": {"0": "negative", "1": "positive"}}, sst2),  # other
+                       ({"id2label": {"0": "Entailment", "1": "not_entailment"}}, rte),
+                       ({}, rte)):
+        assert label_order(hf, labels) is None, hf
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_permuted_labels_give_the_permuted_logits(tmp_path, model_type):
+    from dynabert_jax.convert import permute_labels
+
+    torch.manual_seed(0)
+    cfg_cls = transformers.BertConfig if model_type == "bert" else transformers.RobertaConfig
+    cls = (transformers.BertForSequenceClassification if model_type == "bert"
+           else transformers.RobertaForSequenceClassification)
+    path = _save_hf(cls(cfg_cls(**SMALL, num_labels=3)).eval(), tmp_path / "ckpt")
+    model, params = dj.from_pretrained_pytorch(path, head="classification")
+    batch = _batch(pad=model.config.pad_token_id)
+    before = np.asarray(_run_ours(model, params, batch).logits)
+    after = np.asarray(_run_ours(model, permute_labels(model.config, params, [0, 2, 1]),
+                                 batch).logits)
+    np.testing.assert_array_equal(after, before[:, [0, 2, 1]])
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(_run_ours(model, params, batch).logits, before)  # untouched
 
 
 # ----------------------------------------------------------------------------------

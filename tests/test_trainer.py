@@ -181,12 +181,13 @@ def test_nan_loss_stops_naming_step_and_subnet(tiny_bert_dir, tmp_path):
 
 
 def test_a_stage_trained_with_other_settings_is_not_resumed_or_reused(tiny_bert_dir,
+                                                                     tiny_teacher_dir,
                                                                      tmp_path):
     # Resuming, or handing on a finished stage, under settings other than those it was
     # trained with would mix two runs (or report the old one as the new): refused, with
     # every setting that differs named. The folder's config.json stays the first run's.
     c = tiny_train_config(tiny_bert_dir, tmp_path, stage="width", widths=(1.0, 0.5))
-    c.teacher_checkpoint = str(tiny_bert_dir)   # no teacher stage to train first
+    c.teacher_checkpoint = str(tiny_teacher_dir)   # no teacher stage to train first
     c.rewire.enabled = False
     trainer.train_and_evaluate(c, tmp_path / "run")
     c.widths = (1.0,)
@@ -508,10 +509,10 @@ def test_evaluations_at_every_eval_every_steps_and_at_the_end_only_if_asked(tiny
 
 
 def test_width_objective_task_trains_dynabert_w_on_labels_without_a_teacher(
-        tiny_bert_dir, tmp_path, monkeypatch):
+        tiny_bert_dir, tiny_teacher_dir, tmp_path, monkeypatch):
     # the official code without --data_aug: the task loss per width, no teacher terms
     c = tiny_train_config(tiny_bert_dir, tmp_path, stage="width", widths=(1.0, 0.5))
-    c.teacher_checkpoint = str(tiny_bert_dir)
+    c.teacher_checkpoint = str(tiny_teacher_dir)
     c.rewire.enabled = False
     c.width.objective = "task"
     seen = {}
@@ -541,3 +542,43 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable(tiny_bert_dir, 
     assert "width.objective" not in sig and "width.learning_rate" in sig
     c.width.objective = "task"
     assert trainer.training_signature(c, "width", students, 10)["width.objective"] == "task"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _teacher_of(config, workdir, monkeypatch):
+    """The teacher DynaBERT_W would distil from (its training is not run)."""
+    def stop(ctx, stage, init, teacher, *args, **kw):
+        raise _Stop(teacher)
+
+    monkeypatch.setattr(trainer, "train_stage", stop)
+    with pytest.raises(_Stop) as e:
+        trainer.train_and_evaluate(config, workdir)
+    return e.value.args[0]
+
+
+def test_teacher_checkpoint_must_be_fine_tuned_and_its_labels_are_put_in_order(
+        tiny_bert_dir, tiny_teacher_dir, tmp_path, monkeypatch):
+    c = tiny_train_config(tiny_bert_dir, tmp_path, task="rte", stage="width",
+                          widths=(1.0,), **{"rewire.enabled": False})
+    # a pre-trained encoder is not a teacher: its classifier would be random
+    c.teacher_checkpoint = str(tiny_bert_dir)
+    with pytest.raises(dj.CheckpointError, match="has no classification head"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    # a teacher whose id2label has RTE's labels the other way round: outputs swapped
+    c.teacher_checkpoint = str(tiny_teacher_dir)
+    as_is = _teacher_of(c, tmp_path / "as_is", monkeypatch)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_teacher_dir, swapped)
+    hf = json.loads((swapped / "config.json").read_text())
+    hf["id2label"] = {"0": "not_entailment", "1": "entailment"}
+    (swapped / "config.json").write_text(json.dumps(hf))
+    c.teacher_checkpoint = str(swapped)
+    reordered = _teacher_of(c, tmp_path / "reordered", monkeypatch)
+    np.testing.assert_array_equal(reordered["classifier"]["kernel"],
+                                  np.asarray(as_is["classifier"]["kernel"])[:, [1, 0]])
+    np.testing.assert_array_equal(reordered["classifier"]["bias"],
+                                  np.asarray(as_is["classifier"]["bias"])[[1, 0]])
+    np.testing.assert_array_equal(reordered["pooler"]["kernel"], as_is["pooler"]["kernel"])
