@@ -31,6 +31,9 @@ def stage(lr=2e-5, epochs=3.0, batch_size=32, warmup_ratio=-1.0, eval_every=50, 
     s.max_steps = 0            # > 0 overrides num_epochs
     s.batch_size = batch_size  # global, over all devices
     s.warmup_ratio = warmup_ratio  # -1: auto (0 for BERT, 0.06 for RoBERTa, as official)
+    s.weight_decay = 0.0       # AdamW's, decoupled; not on biases and LayerNorm (official)
+    s.adam_epsilon = 1e-8
+    s.max_grad_norm = 1.0      # clip the summed gradient to this global norm
     s.eval_every = eval_every  # 0: only at the end of the stage
     # also evaluate at the last step when eval_every does not divide the steps (the
     # official code does not; a stage shorter than eval_every is evaluated at its end)

@@ -92,6 +92,13 @@ class LossSpec:
             raise ValueError(f"LossSpec.kind must be 'task' or 'distill', got {self.kind!r}")
 
 
+def decays(params):
+    """Where AdamW's weight decay applies: not to biases or LayerNorm scales, the
+    official code's ``no_decay`` groups (``bias``, ``LayerNorm.weight``)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) not in ("bias", "scale"), params)
+
+
 def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0,
                    max_grad_norm: float = 1.0, weight_decay: float = 0.0,
                    adam_eps: float = 1e-8) -> Tuple[optax.GradientTransformation, Any]:
@@ -99,7 +106,9 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0
 
     The learning rate at update ``s`` is ``lr * s / warmup`` during warm-up, then
     ``lr * max(0, (T - s) / (T - warmup))``: with no warm-up the first update uses the
-    full rate, as ``WarmupLinearSchedule`` stepped after each update.
+    full rate, as ``WarmupLinearSchedule`` stepped after each update. Weight decay (0 by
+    default, as official) is decoupled, ``lr * weight_decay * p``, and skips `decays`'
+    exclusions.
     """
     total_steps = max(int(total_steps), 1)
     warmup_steps = min(int(warmup_steps), total_steps - 1)
@@ -111,7 +120,9 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0
         schedule = decay
     tx = optax.chain(
         optax.clip_by_global_norm(max_grad_norm),
-        optax.adamw(schedule, b1=0.9, b2=0.999, eps=adam_eps, weight_decay=weight_decay),
+        # (no mask without decay: the optimizer state keeps the layout of earlier runs)
+        optax.adamw(schedule, b1=0.9, b2=0.999, eps=adam_eps, weight_decay=weight_decay,
+                    mask=decays if weight_decay else None),
     )
     return tx, schedule
 

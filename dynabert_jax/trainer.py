@@ -446,9 +446,11 @@ def _abstract_params(model: DynaBertModel):
 _DATA_FIELDS = ("train_size", "dev_size", "max_seq_length", "augmented_train",
                 "augmented_size", "pad_to_multiple_of", "group_by_length")
 _NOT_TRAINING = ("eval_every", "eval_at_end", "enabled")
-# Settings added after checkpoints began recording theirs: at the value that earlier
-# versions trained with, they stay out of the record, so those checkpoints still match.
-_ADDED_LATER = {"width.objective": "distill"}
+# Fields of a stage's section added after checkpoints began recording their settings: at
+# the value earlier versions trained with, they stay out of the record, so that those
+# checkpoints still match.
+_ADDED_LATER = {"objective": "distill", "weight_decay": 0.0, "adam_epsilon": 1e-8,
+                "max_grad_norm": 1.0}
 
 
 def training_signature(config, stage: str, students: Sequence[SubNet], total: int) -> dict:
@@ -464,8 +466,8 @@ def training_signature(config, stage: str, students: Sequence[SubNet], total: in
                 if k not in _NOT_TRAINING})
     sig.update({f"loss.{k}": v for k, v in config.loss.items()})
     for k, old_value in _ADDED_LATER.items():
-        if sig.get(k, old_value) == old_value:
-            sig.pop(k, None)
+        if sig.get(f"{stage}.{k}", old_value) == old_value:
+            sig.pop(f"{stage}.{k}", None)
     return json.loads(json.dumps(sig))
 
 
@@ -490,8 +492,10 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     warmup_ratio = scfg.warmup_ratio
     if warmup_ratio < 0:  # auto: none for BERT, 6% for RoBERTa (official)
         warmup_ratio = 0.06 if ctx.model.config.model_type == "roberta" else 0.0
-    tx, schedule = steps.make_optimizer(scfg.learning_rate, total,
-                                        int(warmup_ratio * total))
+    tx, schedule = steps.make_optimizer(
+        scfg.learning_rate, total, int(warmup_ratio * total),
+        max_grad_norm=scfg.max_grad_norm, weight_decay=scfg.weight_decay,
+        adam_eps=scfg.adam_epsilon)
     eval_every = int(scfg.eval_every) or total
     # the official code evaluates every eval_every steps only; a stage needs a result
     eval_last = bool(scfg.get("eval_at_end", False)) or total < eval_every
@@ -896,7 +900,7 @@ def _check_data_options(config) -> None:
                           "> 0: grouped batches are only faster when they are trimmed")
 
 
-# The config section whose batch_size each stage trains with.
+# The config sections each stage trains with (batch size, optimizer).
 _BATCH_SECTIONS = {"teacher": ("teacher",), "width": ("width",),
                    "width_depth": ("width_depth",), "final": ("final",),
                    "direct": ("direct",), "no_rewire": ("width", "width_depth")}
@@ -904,8 +908,8 @@ _BATCH_SECTIONS = {"teacher": ("teacher",), "width": ("width",),
 
 def _check_run_options(config, stages: Sequence[str]) -> None:
     """Options that would otherwise fail only once their stage starts, perhaps after
-    hours of an earlier one: the compute dtype, rewiring's accumulation, the device count
-    and the batch sizes the mesh must divide."""
+    hours of an earlier one: the compute dtype, rewiring's accumulation, the device count,
+    the batch sizes the mesh must divide and the optimizer's settings."""
     if config.get("eval_from") and config.eval_from not in TRAINED_STAGES:
         raise ConfigError(f"unknown config.eval_from {config.eval_from!r}; choose width, "
                           f"width_depth or final (or leave it empty: the latest trained)")
@@ -935,6 +939,13 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
         if not isinstance(size, int) or size < 1 or size % n:
             raise ConfigError(f"{name}={size!r} must be a positive multiple of the {n} "
                               f"device(s) of the mesh (each takes an equal share)")
+    for sec in {sec for st in stages for sec in _BATCH_SECTIONS.get(st, ())}:
+        s = config[sec]
+        for name, ok, want in (("weight_decay", s.weight_decay >= 0, ">= 0"),
+                               ("adam_epsilon", s.adam_epsilon > 0, "> 0"),
+                               ("max_grad_norm", s.max_grad_norm > 0, "> 0")):
+            if not ok:
+                raise ConfigError(f"config.{sec}.{name}={s[name]!r} must be {want}")
 
 
 def check_grid(config, model_config=None) -> Tuple[SubNet, ...]:

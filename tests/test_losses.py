@@ -258,3 +258,29 @@ def test_dropout_prng_choice_keeps_the_step_deterministic():
     assert not np.allclose(losses_by["rbg"], losses_by["threefry2x32"], rtol=1e-4)
     with pytest.raises(ValueError, match="unknown dropout PRNG 'philox'.*config.dropout_prng"):
         steps.dropout_key(0, "philox")
+
+
+def test_weight_decay_skips_biases_and_layer_norms_and_clipping_follows_its_norm():
+    # official AdamW groups: decay on every weight but biases and LayerNorm weights
+    model, params = _tiny()
+    tx, _ = steps.make_optimizer(0.1, 10, weight_decay=0.5)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)   # Adam's own update is 0
+    updates, _ = tx.update(zero, tx.init(params), params)
+    flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    leaf = {jax.tree_util.keystr(p): u for p, u in flat}
+    kernel = "['encoder']['layer_0']['query']['kernel']"
+    np.testing.assert_allclose(
+        leaf[kernel], -0.1 * 0.5 * np.asarray(
+            params["encoder"]["layer_0"]["query"]["kernel"]), rtol=1e-6)
+    for name, u in leaf.items():
+        if name.endswith("['bias']") or name.endswith("['scale']"):
+            assert not np.any(np.asarray(u)), name
+    assert np.any(np.asarray(leaf["['embeddings']['word_embeddings']['embedding']"]))
+    # the summed gradient is clipped to max_grad_norm
+    tx, _ = steps.make_optimizer(1.0, 10, max_grad_norm=0.25)
+    big = jax.tree_util.tree_map(jnp.ones_like, params)
+    _, state = tx.update(big, tx.init(params), params)
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    adam = next(x for x in jax.tree_util.tree_leaves(state, is_leaf=is_adam) if is_adam(x))
+    # Adam's first moment after one step is (1 - 0.9) x the gradient it was given
+    np.testing.assert_allclose(float(optax.tree.norm(adam.mu)), 0.1 * 0.25, rtol=1e-5)

@@ -307,6 +307,8 @@ def test_bad_grid_fails_before_anything_loads(tiny_bert_dir, tmp_path, widths, d
     ("eval_from", "widht", r"unknown config.eval_from 'widht'; choose width, "),
     ("width.objective", "labels", r"unknown config.width.objective 'labels'; choose one "
                                   r"of \('distill', 'task'\)"),
+    ("width_depth.max_grad_norm", 0.0, r"config.width_depth.max_grad_norm=0.0 must be > 0"),
+    ("teacher.weight_decay", -0.01, r"config.teacher.weight_decay=-0.01 must be >= 0"),
 ])
 def test_option_of_a_later_stage_fails_before_anything_loads(tiny_bert_dir, tmp_path,
                                                              field, value, match):
@@ -542,6 +544,11 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable(tiny_bert_dir, 
     assert "width.objective" not in sig and "width.learning_rate" in sig
     c.width.objective = "task"
     assert trainer.training_signature(c, "width", students, 10)["width.objective"] == "task"
+    # likewise the optimizer's settings, recorded once they leave the official values
+    sig = trainer.training_signature(c, "teacher", students, 10)
+    assert not {"teacher.weight_decay", "teacher.adam_epsilon", "teacher.max_grad_norm"} & set(sig)
+    c.teacher.weight_decay = 0.01
+    assert trainer.training_signature(c, "teacher", students, 10)["teacher.weight_decay"] == 0.01
 
 
 class _Stop(Exception):
