@@ -1,4 +1,5 @@
-"""Tokenization: parity with the Hugging Face tokenizer's own output, and the cache."""
+"""Tokenization: parity with the Hugging Face tokenizer's own output and with the official
+convert_examples_to_features (pair truncation, stripped texts), and the cache."""
 import copy
 import os
 
@@ -27,6 +28,58 @@ def test_ids_equal_hf_tokenizer(glue_dir, minilm_tokenizer, task):
         # pairs: both segments present, and some pairs really were truncated
         assert (arrays["token_type_ids"].max(axis=1) == 1).all()
         assert (arrays["attention_mask"].sum(axis=1) == 128).any()
+
+
+def _official_bert_features(tokenizer, a, b, length):
+    """transformers 2.1.1's convert_examples_to_features for one BERT pair."""
+    ta, tb = tokenizer.tokenize(a.strip()), tokenizer.tokenize(b.strip())
+    while len(ta) + len(tb) > length - 3:      # _truncate_seq_pair
+        (ta if len(ta) > len(tb) else tb).pop()
+    ids = tokenizer.convert_tokens_to_ids(["[CLS]"] + ta + ["[SEP]"] + tb + ["[SEP]"])
+    pad = [0] * (length - len(ids))
+    return (ids + pad, [1] * len(ids) + pad, [0] * (len(ta) + 2) + [1] * (len(tb) + 1) + pad)
+
+
+def test_pairs_are_cut_as_the_official_code_cuts_them(glue_dir, minilm_tokenizer):
+    # an odd room for text: the official loop keeps the spare token in the first text,
+    # the Rust tokenizers' longest_first in the second (31 of MRPC's 408 dev pairs at 64)
+    ds = data.load_glue("mrpc", glue_dir, "dev")
+    a, b = list(ds["sentence1"]), list(ds["sentence2"])
+    ours = data.tokenize_dataset(ds, minilm_tokenizer, "mrpc", max_seq_length=64)
+    for i in range(len(a)):
+        want = _official_bert_features(minilm_tokenizer, a[i], b[i], 64)
+        for key, w in zip(("input_ids", "attention_mask", "token_type_ids"), want):
+            np.testing.assert_array_equal(ours[key][i], w, err_msg=f"{key} row {i}")
+    rust = minilm_tokenizer(a, b, padding="max_length", truncation=True, max_length=64)
+    assert (np.asarray(rust["input_ids"]) != ours["input_ids"]).any(axis=1).sum() == 31
+
+
+def test_truncate_pair_is_the_official_loop():
+    for la in range(25):
+        for lb in range(25):
+            for room in range(30):
+                x, y = la, lb
+                while x + y > room:
+                    if x > y:
+                        x -= 1
+                    else:
+                        y -= 1
+                assert features_mod.truncate_pair(la, lb, room) == (x, y), (la, lb, room)
+
+
+def test_texts_are_stripped_as_the_official_tokenize_does():
+    # a byte-level BPE (RoBERTa) would make a token of SST-2's trailing space
+    seen = []
+
+    class Recorder:
+        is_fast = False
+
+        def __call__(self, a, b=None, **kw):
+            seen.extend(a + (b or []))
+            return {"input_ids": np.zeros((len(a), 8), np.int32)}
+
+    features_mod.tokenize_texts(Recorder(), [" it 's a charming journey . "], ["  x\t"], 8)
+    assert seen == ["it 's a charming journey .", "x"]
 
 
 def test_regression_labels_and_explicit_columns(glue_dir, minilm_tokenizer):

@@ -8,9 +8,12 @@
                                                     # for tokenizers without them (RoBERTa)
      "labels":         int32 [n] (classification) or float32 [n] (regression)}
 
-The ids are exactly what the Hugging Face tokenizer returns for
-``tokenizer(a, b, padding="max_length", truncation=True, max_length=L)``
-(``longest_first`` truncation for pairs, right padding).
+The ids are those of the official code's ``convert_examples_to_features``
+(transformers 2.1.1): each text stripped of surrounding whitespace, a single sentence
+cut to its first ``L - 2`` tokens, a pair cut by ``_truncate_seq_pair`` (one token at a
+time from the longer text, from the second on a tie; see `truncate_pair`), special
+tokens and segment ids as the tokenizer adds them, right padding. With a slow (Python)
+tokenizer pairs are cut by the tokenizer's own ``longest_first`` instead.
 
 Cache: ``<cache_dir>/<key>/{input_ids,attention_mask,token_type_ids,labels}.npy``
 plus ``meta.json``. The key hashes (1) the tokenizer (its backend JSON: vocab,
@@ -38,7 +41,7 @@ from dynabert_jax.data.tasks import GlueTask, get_task
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3   # 3: the official pair truncation, stripped texts
 ARRAY_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
@@ -81,6 +84,47 @@ def content_fingerprint(text_columns: Sequence[Sequence[str]], labels=None) -> s
     return h.hexdigest()
 
 
+def truncate_pair(len_a: int, len_b: int, room: int):
+    """The lengths the official ``_truncate_seq_pair`` keeps of two texts of ``len_a`` and
+    ``len_b`` tokens in ``room``: it drops the last token of the longer one, of the
+    second on a tie, until they fit. (The Rust tokenizers' ``longest_first`` gives the
+    odd token to the second text instead.)"""
+    excess = len_a + len_b - room
+    if excess <= 0:
+        return len_a, len_b
+    cut = min(abs(len_a - len_b), excess)   # the longer one down to the shorter
+    if len_a > len_b:
+        len_a -= cut
+    else:
+        len_b -= cut
+    excess -= cut                           # then both in turn, the second first
+    return len_a - excess // 2, len_b - (excess + 1) // 2
+
+
+def _pairs_official(tokenizer, a, b, max_seq_length, out, lo):
+    """Rows ``lo..`` of ``out``: pairs encoded whole, then cut by `truncate_pair`."""
+    enc = tokenizer(a, b, truncation=False, padding=False, verbose=False)
+    types = enc.get("token_type_ids")
+    for i in range(len(a)):
+        ids = np.asarray(enc["input_ids"][i], np.int64)
+        seq = np.asarray([-1 if s is None else s for s in enc.encodings[i].sequence_ids])
+        in_a, in_b = seq == 0, seq == 1
+        room = max_seq_length - int(np.sum(seq == -1))
+        if room < 0:
+            raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text "
+                             f"beside the special tokens")
+        keep_a, keep_b = truncate_pair(int(in_a.sum()), int(in_b.sum()), room)
+        keep = ((seq == -1) | (in_a & (np.cumsum(in_a) <= keep_a))
+                | (in_b & (np.cumsum(in_b) <= keep_b)))
+        n = int(keep.sum())
+        out["input_ids"][lo + i, :n] = ids[keep]
+        out["attention_mask"][lo + i, :n] = 1
+        if types is not None:
+            out["token_type_ids"][lo + i, :n] = np.asarray(types[i])[keep]
+        if n < max_seq_length and tokenizer.pad_token_id:
+            out["input_ids"][lo + i, n:] = tokenizer.pad_token_id
+
+
 def tokenize_texts(tokenizer, texts_a: Sequence[str], texts_b: Optional[Sequence[str]] = None,
                    max_seq_length: int = 128, chunk_size: int = 8192) -> Dict[str, np.ndarray]:
     """Tokenize single sentences or pairs to static-length int32 arrays.
@@ -101,8 +145,11 @@ def tokenize_texts(tokenizer, texts_a: Sequence[str], texts_b: Optional[Sequence
            for k in ("input_ids", "attention_mask", "token_type_ids")}
     for lo in range(0, n, chunk_size):
         hi = min(n, lo + chunk_size)
-        a = list(texts_a[lo:hi])
-        b = list(texts_b[lo:hi]) if texts_b is not None else None
+        a = [s.strip() for s in texts_a[lo:hi]]   # as the official tokenize() does
+        b = [s.strip() for s in texts_b[lo:hi]] if texts_b is not None else None
+        if b is not None and getattr(tokenizer, "is_fast", False):
+            _pairs_official(tokenizer, a, b, max_seq_length, out, lo)
+            continue
         enc = tokenizer(a, b, padding="max_length", truncation=True,
                         max_length=max_seq_length, return_tensors="np")
         for k in out:
