@@ -45,7 +45,7 @@ def stage(lr=2e-5, epochs=3.0, batch_size=32, warmup_ratio=-1.0, eval_every=50, 
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.task = "sst2"   # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, squad, custom
+    c.task = "sst2"   # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, squad, custom
     # teacher | rewire | width | width_depth | final | eval | all, or a baseline:
     # direct | no_rewire (docs/training.md)
     c.stage = "all"

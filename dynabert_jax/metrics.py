@@ -45,6 +45,7 @@ GLUE_METRICS = {
     "mnli-mm": ("acc_mm",),
     "qnli": ("acc",),
     "rte": ("acc",),
+    "wnli": ("acc",),
 }
 _TASK_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli_mismatched": "mnli-mm",
                  "mnli-m": "mnli", "mnli_matched": "mnli"}

@@ -135,8 +135,19 @@ def test_mnli_and_qqp_layout_from_fixture():
     assert qqp[2]["question2"] == '"What is two plus two?'
 
 
+def test_wnli_layout_from_fixture(minilm_tokenizer):
+    # the official WnliProcessor: sentence1, sentence2, label "1" = entailment
+    ds = data.load_glue("wnli", FIXTURES / "glue", "train")
+    assert ds.column_names[:2] == ["sentence1", "sentence2"]
+    assert list(ds["label"]) == [1, 0] and ds[1]["sentence2"] == "Billy is so short."
+    arrays = data.tokenize_dataset(ds, minilm_tokenizer, "wnli", 32)
+    assert arrays["input_ids"].shape == (2, 32) and arrays["token_type_ids"].max() == 1
+    assert metrics.glue("wnli", np.array([1, 1]), arrays["labels"]) == {"acc": 0.5}
+
+
 def test_registry():
-    assert set(data.TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"}
+    assert set(data.TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte",
+                               "wnli"}
     for name, t in data.TASKS.items():
         assert t.name == name
         assert t.num_labels == (1 if name == "stsb" else len(t.label_list))
@@ -151,7 +162,7 @@ def test_registry():
     assert data.TASKS["stsb"].label_list is None
     assert {t: data.TASKS[t].primary_metric for t in data.TASKS} == {
         "cola": "mcc", "sst2": "acc", "mrpc": "acc", "stsb": "pearson", "qqp": "acc",
-        "mnli": "acc", "qnli": "acc", "rte": "acc"}
+        "mnli": "acc", "qnli": "acc", "rte": "acc", "wnli": "acc"}
     assert data.get_task("SST-2") is data.TASKS["sst2"]
     with pytest.raises(KeyError, match="unknown GLUE task"):
         data.get_task("wnli2")

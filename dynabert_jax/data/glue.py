@@ -96,7 +96,7 @@ def resolve_split(task: GlueTask, split: str) -> str:
 def _layout_hint(data_dir, task: GlueTask) -> str:
     files = ", ".join(f"<data_dir>/{task.dir_name}/{f}" for f in task.split_files.values())
     return (f"Expected the official GLUE layout <data_dir>/<TASK>/<split>.tsv "
-            f"(TASK folders: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE), "
+            f"(TASK folders: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI), "
             f"here {files} with <data_dir> = {data_dir}")
 
 

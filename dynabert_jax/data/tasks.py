@@ -157,6 +157,13 @@ TASKS: Mapping[str, GlueTask] = {
             split_files=_TRAIN_DEV, eval_splits=("dev",), has_header=True,
             file_text_columns=("sentence1", "sentence2"), file_label_column="label",
             hub_splits=_HUB_TRAIN_DEV),
+        _task(
+            # the official WnliProcessor: label "1" = entailment (the hub's id 1 too)
+            name="wnli", dir_name="WNLI", text_columns=("sentence1", "sentence2"),
+            label_list=("0", "1"), is_regression=False, metric_names=("acc",),
+            split_files=_TRAIN_DEV, eval_splits=("dev",), has_header=True,
+            file_text_columns=("sentence1", "sentence2"), file_label_column="label",
+            hub_splits=_HUB_TRAIN_DEV),
     ]
 }
 
