@@ -478,7 +478,7 @@ def label_order(hf_config: Mapping, labels: Sequence[str]) -> Optional[List[int]
     except (TypeError, ValueError):
         return None
     want = [str(x).lower() for x in labels]
-    if names == want or sorted(names) != sorted(want) or len(set(want)) != len(want):
+    if names == want or sorted(names) != sorted(want):
         return None
     return [names.index(w) for w in want]
 

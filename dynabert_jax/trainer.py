@@ -498,7 +498,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         adam_eps=scfg.adam_epsilon)
     eval_every = int(scfg.eval_every) or total
     # the official code evaluates every eval_every steps only; a stage needs a result
-    eval_last = bool(scfg.get("eval_at_end", False)) or total < eval_every
+    eval_last = scfg.eval_at_end or total < eval_every
     ckpt_every = int(config.checkpoint_every) or eval_every
 
     fsdp = bool(config.mesh.fsdp)
@@ -901,7 +901,7 @@ def _check_data_options(config) -> None:
 
 
 # The config sections each stage trains with (batch size, optimizer).
-_BATCH_SECTIONS = {"teacher": ("teacher",), "width": ("width",),
+_TRAIN_SECTIONS = {"teacher": ("teacher",), "width": ("width",),
                    "width_depth": ("width_depth",), "final": ("final",),
                    "direct": ("direct",), "no_rewire": ("width", "width_depth")}
 
@@ -932,14 +932,14 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
     if n > available:
         raise ConfigError(f"config.mesh.num_devices={n}, but only {available} device(s) "
                           f"exist")
-    sizes = {f"config.{sec}.batch_size": config[sec].batch_size
-             for st in stages for sec in _BATCH_SECTIONS.get(st, ())}
+    sections = list(dict.fromkeys(sec for st in stages for sec in _TRAIN_SECTIONS.get(st, ())))
+    sizes = {f"config.{sec}.batch_size": config[sec].batch_size for sec in sections}
     sizes["config.eval_batch_size"] = config.eval_batch_size
     for name, size in sizes.items():
         if not isinstance(size, int) or size < 1 or size % n:
             raise ConfigError(f"{name}={size!r} must be a positive multiple of the {n} "
                               f"device(s) of the mesh (each takes an equal share)")
-    for sec in {sec for st in stages for sec in _BATCH_SECTIONS.get(st, ())}:
+    for sec in sections:
         s = config[sec]
         for name, ok, want in (("weight_decay", s.weight_decay >= 0, ">= 0"),
                                ("adam_epsilon", s.adam_epsilon > 0, "> 0"),

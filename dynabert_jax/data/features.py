@@ -119,10 +119,9 @@ def _pairs_official(tokenizer, a, b, max_seq_length, out, lo):
         n = int(keep.sum())
         out["input_ids"][lo + i, :n] = ids[keep]
         out["attention_mask"][lo + i, :n] = 1
+        out["input_ids"][lo + i, n:] = tokenizer.pad_token_id or 0
         if types is not None:
             out["token_type_ids"][lo + i, :n] = np.asarray(types[i])[keep]
-        if n < max_seq_length and tokenizer.pad_token_id:
-            out["input_ids"][lo + i, n:] = tokenizer.pad_token_id
 
 
 def tokenize_texts(tokenizer, texts_a: Sequence[str], texts_b: Optional[Sequence[str]] = None,
