@@ -34,6 +34,11 @@ def stage(lr=2e-5, epochs=3.0, batch_size=32, warmup_ratio=-1.0, eval_every=50, 
     s.weight_decay = 0.0       # AdamW's, decoupled; not on biases and LayerNorm (official)
     s.adam_epsilon = 1e-8
     s.max_grad_norm = 1.0      # clip the summed gradient to this global norm
+    # > 1: one update per this many batches of batch_size, their mean gradient (the
+    # official --gradient_accumulation_steps); the official code clips the running sum
+    # after every batch (clip_partial_sums), False clips once, as for one large batch
+    s.grad_accum_steps = 1
+    s.clip_partial_sums = True
     s.eval_every = eval_every  # 0: only at the end of the stage
     # also evaluate at the last step when eval_every does not divide the steps (the
     # official code does not; a stage shorter than eval_every is evaluated at its end)

@@ -14,6 +14,13 @@ One ``train_step(state, teacher_params, batch, rng)`` serves every stage (spec 4
    embedding row (and RoBERTa's padding position row) gets no gradient, as with
    PyTorch's ``padding_idx``.
 
+With gradient accumulation (``accum_steps = k > 1``, the official
+``--gradient_accumulation_steps``) the batch holds k micro-batches, laid out by
+`data.interleave_micro_batches`; steps 1 and 2 run on each in turn (a ``lax.scan``, so
+one micro-batch's activations are alive at a time), each adds its summed gradient / k
+to a running sum, and the official code clips that running sum after every micro-batch
+(``partial_clip_norm``), then 3 follows once.
+
 Teacher parameters are an argument, never part of the state: they are neither optimised
 nor checkpointed.
 """
@@ -176,16 +183,46 @@ def student_loss(model: DynaBertModel, params, batch, subnet: SubNet, spec: Loss
     return loss
 
 
+def micro_batches(batch, accum_steps: int):
+    """The ``[k, B, ...]`` micro-batches of a batch of ``k * B`` rows laid out by
+    `data.interleave_micro_batches` (row ``b * k + j`` is row ``b`` of micro-batch ``j``).
+
+    Under the data-parallel sharding each device holds whole groups of ``k`` rows, so the
+    reshape and the swap of axes move no data between devices.
+    """
+    def split(x):
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+    return {k: split(v) for k, v in batch.items()}
+
+
+def _clip(tree, max_norm: float):
+    """``tree`` scaled to global norm ``max_norm`` if its norm is above it (optax's and
+    ``clip_grad_norm_``'s rule); also returns the norm before clipping."""
+    norm = optax.tree.norm(tree)
+    scale = jnp.where(norm < max_norm, 1.0, max_norm / jnp.where(norm < max_norm, 1.0, norm))
+    return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), tree), norm
+
+
 def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: LossSpec,
-                    tx: optax.GradientTransformation):
+                    tx: optax.GradientTransformation, accum_steps: int = 1,
+                    partial_clip_norm: Optional[float] = None):
     """``train_step(state, teacher_params, batch, rng) -> (state, metrics)`` (not jitted).
 
-    ``metrics``: ``loss`` (sum over students), ``losses`` ``[num_students]``,
-    ``grad_norm`` (of the summed gradient, before clipping).
+    ``metrics``: ``loss`` (sum over students), ``losses`` ``[num_students]`` (with
+    accumulation: their mean over the micro-batches), ``grad_norm`` (of the summed
+    gradient, before the optimizer clips it).
+
+    ``accum_steps`` > 1: ``batch`` holds that many micro-batches (`micro_batches`) and
+    the update uses the mean of their summed gradients. ``partial_clip_norm``: clip the
+    running sum to this norm after every micro-batch, as the official code does (None:
+    only the optimizer clips, once, as for one large batch).
     """
     students = tuple(students)
     if not students:
         raise ValueError("a train step needs at least one student sub-network")
+    if int(accum_steps) != accum_steps or accum_steps < 1:
+        raise ValueError(f"accum_steps must be a positive integer, got {accum_steps!r}")
     cfg = model.config
 
     def teacher_outputs(teacher_params, batch):
@@ -208,9 +245,14 @@ def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: Loss
 
     branches = [student_branch(s) for s in students]
 
-    def train_step(state: TrainState, teacher_params, batch, rng):
+    def summed_gradient(params, teacher_params, batch, key):
+        """The teacher once, then every student on ``batch``: (the sum of the students'
+        gradients, their losses)."""
         t_outs = teacher_outputs(teacher_params, batch)
-        keys = jax.random.split(jax.random.fold_in(rng, state.step), len(students))
+        keys = jax.random.split(key, len(students))
+        if len(branches) == 1:
+            loss, grads = branches[0](params, batch, t_outs, keys[0])
+            return _freeze_padding_rows(grads, cfg), loss[None]
 
         # A loop over the students, each iteration running one student's forward and
         # backward (``switch`` picks its statically shaped branch). XLA runs loop
@@ -220,21 +262,42 @@ def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: Loss
         # this: XLA removes the barriers and interleaves the students.)
         def one_student(grads, xs):
             index, key = xs
-            loss, g = jax.lax.switch(index, branches, state.params, batch, t_outs, key)
+            loss, g = jax.lax.switch(index, branches, params, batch, t_outs, key)
             return jax.tree_util.tree_map(jnp.add, grads, g), loss
 
-        if len(branches) == 1:
-            loss, grads = branches[0](state.params, batch, t_outs, keys[0])
-            losses_arr = loss[None]
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        grads, losses_arr = jax.lax.scan(
+            one_student, zeros, (jnp.arange(len(branches)), keys))
+        return _freeze_padding_rows(grads, cfg), losses_arr
+
+    def train_step(state: TrainState, teacher_params, batch, rng):
+        key = jax.random.fold_in(rng, state.step)
+        if accum_steps == 1:
+            grads, losses_arr = summed_gradient(state.params, teacher_params, batch, key)
+            grad_norm = optax.tree.norm(grads)
         else:
+            # The official loop: each micro-batch's loss / k, backward into the running
+            # sum, which is clipped after every micro-batch; the update every k.
+            def one_micro_batch(acc, xs):
+                index, micro = xs
+                g, micro_losses = summed_gradient(state.params, teacher_params, micro,
+                                                  jax.random.fold_in(key, index))
+                acc = jax.tree_util.tree_map(lambda a, b: a + b / accum_steps, acc, g)
+                if partial_clip_norm is None:
+                    return acc, (micro_losses, jnp.float32(0.0))
+                acc, norm = _clip(acc, partial_clip_norm)
+                return acc, (micro_losses, norm)
+
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-            grads, losses_arr = jax.lax.scan(
-                one_student, zeros, (jnp.arange(len(branches)), keys))
-        grads = _freeze_padding_rows(grads, cfg)
+            grads, (micro_losses, norms) = jax.lax.scan(
+                one_micro_batch, zeros,
+                (jnp.arange(accum_steps), micro_batches(batch, accum_steps)))
+            losses_arr = jnp.mean(micro_losses, axis=0)
+            # before the last clip (the optimizer's own clip then changes nothing)
+            grad_norm = norms[-1] if partial_clip_norm is not None else optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": jnp.sum(losses_arr), "losses": losses_arr,
-                   "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": jnp.sum(losses_arr), "losses": losses_arr, "grad_norm": grad_norm}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

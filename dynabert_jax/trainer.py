@@ -450,7 +450,7 @@ _NOT_TRAINING = ("eval_every", "eval_at_end", "enabled")
 # the value earlier versions trained with, they stay out of the record, so that those
 # checkpoints still match.
 _ADDED_LATER = {"objective": "distill", "weight_decay": 0.0, "adam_epsilon": 1e-8,
-                "max_grad_norm": 1.0}
+                "max_grad_norm": 1.0, "grad_accum_steps": 1, "clip_partial_sums": True}
 
 
 def training_signature(config, stage: str, students: Sequence[SubNet], total: int) -> dict:
@@ -482,12 +482,15 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     mesh = ctx.mesh
     bs = scfg.batch_size
     sharding.check_batch_size(bs, mesh)
+    # With gradient accumulation an update takes `accum` batches of `bs` rows.
+    accum = int(scfg.grad_accum_steps)
+    rows = bs * accum
     train = ctx.train_arrays(stage)
     n_train = data.num_examples(train)
-    spe = data.steps_per_epoch(n_train, bs)
+    spe = data.steps_per_epoch(n_train, rows)
     if spe == 0:
-        raise ConfigError(f"{n_train} training examples make no batch of {bs} "
-                          f"(config.{stage}.batch_size)")
+        raise ConfigError(f"{n_train} training examples make no batch of {rows} "
+                          f"(config.{stage}.batch_size x grad_accum_steps)")
     total = int(scfg.max_steps) or max(1, math.ceil(scfg.num_epochs * spe))
     warmup_ratio = scfg.warmup_ratio
     if warmup_ratio < 0:  # auto: none for BERT, 6% for RoBERTa (official)
@@ -546,14 +549,19 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                  store.directory / "latest")
 
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
-    example = {k: train[k][:bs] for k in batch_keys}
+    example = {k: train[k][:rows] for k in batch_keys}
     batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
     root = steps.dropout_key(config.seed, config.get("dropout_prng", "threefry2x32"))
     rng = jax.random.fold_in(root, STAGES.index(stage))
     seq = example["input_ids"].shape[1]
 
+    # the official code clips the running sum after every accumulated batch
+    partial_clip = scfg.max_grad_norm if scfg.clip_partial_sums else None
+
     def compile_step(step_students, length=seq):
-        step_fn = jax.jit(steps.make_train_step(ctx.model, step_students, spec, tx),
+        step_fn = jax.jit(steps.make_train_step(ctx.model, step_students, spec, tx,
+                                                accum_steps=accum,
+                                                partial_clip_norm=partial_clip),
                           in_shardings=(state_sh, teacher_sh, batch_sh, repl),
                           out_shardings=(state_sh, repl), donate_argnums=0)
         ex = sharding.shard_batch(data.cut_sequence(example, length), mesh)
@@ -562,13 +570,14 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     # One compiled step per batch length: just ``seq`` unless batches are trimmed
     # (config.data.pad_to_multiple_of), then one per length met, compiled on first use.
     t0 = time.perf_counter()
-    log.info("%s: compiling the %d-student step (batch %d x %d tokens)...", stage,
-             len(students), bs, seq)
+    log.info("%s: compiling the %d-student step (batch %d x %d tokens%s)...", stage,
+             len(students), bs, seq, f", {accum} per update" if accum > 1 else "")
     compiled = {seq: compile_step(students)}
     compile_s = time.perf_counter() - t0
     memory = {"step": steps.memory_stats(compiled[seq]),
               "compile_seconds": round(compile_s, 2),
-              "num_students": len(students), "batch_size": bs, "seq_len": seq}
+              "num_students": len(students), "batch_size": bs, "seq_len": seq,
+              "grad_accum_steps": accum}
     if len(students) > 1 and config.report_memory:
         memory["single_student_step"] = steps.memory_stats(compile_step((FULL,)))
         if memory["step"] and memory["single_student_step"]:
@@ -582,11 +591,12 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     multiple = config.data.pad_to_multiple_of
     lengths = (data.row_lengths(train["attention_mask"])
                if config.data.group_by_length else None)
-    stream = data.train_stream(train, bs, config.seed, start_global_step=start,
+    stream = data.train_stream(train, rows, config.seed, start_global_step=start,
                                num_steps=total - start, keys=batch_keys, lengths=lengths)
 
     def host_batch(b):   # on the prefetch thread: trim (global batch), then this process's rows
         b = data.trim_padding(b, multiple) if multiple > 0 else b
+        b = data.interleave_micro_batches(b, accum)
         return data.process_slice(b) if jax.process_count() > 1 else b
 
     def step_for(length):
@@ -624,7 +634,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                 n_last += 1
                 if done % config.log_every == 0 or done == total:
                     dt = time.perf_counter() - t_last
-                    eps = n_last * bs / max(dt, 1e-9)
+                    eps = n_last * rows / max(dt, 1e-9)
                     bar.set_postfix(loss=f"{float(m['loss']):.4f}", ex_s=f"{eps:.1f}")
                     writer.write(done, stage=stage, loss=float(m["loss"]),
                                  losses=dict(zip(names, map(float, losses))),
@@ -943,7 +953,9 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
         s = config[sec]
         for name, ok, want in (("weight_decay", s.weight_decay >= 0, ">= 0"),
                                ("adam_epsilon", s.adam_epsilon > 0, "> 0"),
-                               ("max_grad_norm", s.max_grad_norm > 0, "> 0")):
+                               ("max_grad_norm", s.max_grad_norm > 0, "> 0"),
+                               ("grad_accum_steps", s.grad_accum_steps >= 1,
+                                "a positive integer")):
             if not ok:
                 raise ConfigError(f"config.{sec}.{name}={s[name]!r} must be {want}")
 

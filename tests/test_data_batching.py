@@ -112,6 +112,27 @@ def test_process_slice():
     np.testing.assert_array_equal(single["row"], batch["row"])
 
 
+def test_micro_batches_are_consecutive_batches_and_each_device_holds_a_share_of_each():
+    from dynabert_jax import steps
+
+    a = _arrays(48)
+    big = next(data.train_batches(a, 24, seed=0, epoch=0))   # one update of 3 x 8 rows
+    small = list(data.train_batches(a, 8, seed=0, epoch=0))[:3]
+    laid = data.interleave_micro_batches(big, 3)
+    micro = steps.micro_batches(laid, 3)               # what the jitted step sees
+    for j in range(3):
+        for key in big:
+            np.testing.assert_array_equal(np.asarray(micro[key][j]), small[j][key])
+    # each of 4 processes (or devices) gets 2 rows of every micro-batch
+    for i in range(4):
+        rows = data.process_slice(laid, i, 4)["row"]
+        for j in range(3):
+            assert len(set(rows.tolist()) & set(small[j]["row"].tolist())) == 2
+    assert data.interleave_micro_batches(big, 1) is big
+    with pytest.raises(ValueError, match="does not split into 5 micro-batches"):
+        data.interleave_micro_batches(big, 5)
+
+
 def test_prefetch_same_items_bounded_and_errors():
     a = _arrays(50)
     direct = _rows(data.train_batches(a, 5, 1, 0))

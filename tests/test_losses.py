@@ -284,3 +284,88 @@ def test_weight_decay_skips_biases_and_layer_norms_and_clipping_follows_its_norm
     adam = next(x for x in jax.tree_util.tree_leaves(state, is_leaf=is_adam) if is_adam(x))
     # Adam's first moment after one step is (1 - 0.9) x the gradient it was given
     np.testing.assert_allclose(float(optax.tree.norm(adam.mu)), 0.1 * 0.25, rtol=1e-5)
+
+
+def _accum_batch(rows=8):
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, 60, size=(rows, 10)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[6, 4:] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
+            "labels": rng.integers(0, 2, size=rows).astype(np.int32)}
+
+
+def test_gradient_accumulation_follows_the_official_loop():
+    # The official loop with --gradient_accumulation_steps k: per batch, every student's
+    # loss / k is backpropagated into the running sum, which is clipped after every
+    # batch; one AdamW step every k batches.
+    model, student = _tiny()
+    _, teacher = _tiny(seed=2)
+    batch, k, c = _accum_batch(), 2, 0.05   # c small enough that every clip bites
+    students = dj.grid((1.0, 0.5), (1.0, 0.5))
+    spec = steps.LossSpec("distill", 1.0, 1.0)
+    # plain SGD at rate 1 after the clip: the update is the gradient itself (Adam's first
+    # update is about lr * sign(g), blind to most of what is tested here)
+    tx = optax.chain(optax.clip_by_global_norm(c), optax.sgd(1.0))
+    step = jax.jit(steps.make_train_step(model, students, spec, tx, accum_steps=k,
+                                         partial_clip_norm=c))
+    state, m = step(steps.init_state(student, tx), teacher,
+                    dj.data.interleave_micro_batches(batch, k), jax.random.PRNGKey(0))
+
+    def micro_loss(p, micro):   # dropout is 0, so the keys do not matter
+        t = model.apply({"params": teacher}, micro["input_ids"],
+                        attention_mask=micro["attention_mask"], subnet=dj.FULL)
+        return [steps.student_loss(model, p, micro, s, spec, t, jax.random.PRNGKey(0))
+                for s in students]
+
+    acc = jax.tree_util.tree_map(jnp.zeros_like, student)
+    want_losses, norms = [], []
+    for j in range(k):
+        micro = {key: v[j * 4:(j + 1) * 4] for key, v in batch.items()}
+        want_losses.append([float(x) for x in micro_loss(student, micro)])
+        g = jax.grad(lambda p: sum(micro_loss(p, micro)) / k)(student)
+        g["embeddings"]["word_embeddings"]["embedding"] = \
+            g["embeddings"]["word_embeddings"]["embedding"].at[0].set(0.0)
+        acc = jax.tree_util.tree_map(jnp.add, acc, g)
+        norm = float(optax.tree.norm(acc))      # torch.nn.utils.clip_grad_norm_
+        norms.append(norm)
+        if norm > c:
+            acc = jax.tree_util.tree_map(lambda a: a * (c / norm), acc)
+    assert norms[0] > c, "the first partial sum must be clipped for this test to mean much"
+    np.testing.assert_allclose(m["losses"], np.mean(want_losses, axis=0), rtol=2e-5)
+    np.testing.assert_allclose(m["grad_norm"], norms[-1], rtol=1e-4)
+    jax.tree_util.tree_map(
+        lambda before, after, g: np.testing.assert_allclose(before - after, g, rtol=1e-3,
+                                                            atol=2e-7),
+        student, state.params, acc)
+
+    # Without the partial clips the update is not the same (so the clips above count)
+    step = jax.jit(steps.make_train_step(model, students, spec, tx, accum_steps=k))
+    other, _ = step(steps.init_state(student, tx), teacher,
+                    dj.data.interleave_micro_batches(batch, k), jax.random.PRNGKey(0))
+    flat = lambda s: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(  # noqa: E731
+        jax.tree_util.tree_map(jnp.subtract, student, s.params))])
+    assert np.linalg.norm(flat(other) - flat(state)) > 0.05 * np.linalg.norm(flat(state))
+
+
+def test_accumulated_step_without_partial_clips_equals_one_large_batch():
+    model, student = _tiny()
+    _, teacher = _tiny(seed=2)
+    batch = _accum_batch()
+    students = (dj.FULL, dj.SubNet(0.5, 0.5))
+    spec = steps.LossSpec("distill", 1.0, 0.1)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))  # update = gradient
+    big = jax.jit(steps.make_train_step(model, students, spec, tx))
+    want, m_want = big(steps.init_state(student, tx), teacher, batch, jax.random.PRNGKey(0))
+    for k in (2, 4):
+        step = jax.jit(steps.make_train_step(model, students, spec, tx, accum_steps=k))
+        got, m = step(steps.init_state(student, tx), teacher,
+                      dj.data.interleave_micro_batches(batch, k), jax.random.PRNGKey(0))
+        np.testing.assert_allclose(m["losses"], m_want["losses"], rtol=1e-5)
+        np.testing.assert_allclose(m["grad_norm"], m_want["grad_norm"], rtol=1e-5)
+        jax.tree_util.tree_map(lambda a, b, p: np.testing.assert_allclose(
+            p - a, p - b, rtol=1e-3, atol=2e-7), got.params, want.params, student)
+    with pytest.raises(ValueError, match="accum_steps must be a positive integer"):
+        steps.make_train_step(model, students, spec, tx, accum_steps=0)

@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent("""
     students = (dj.SubNet(1.0, 1.0), dj.SubNet(0.5, 0.75), dj.SubNet(0.25, 0.5))
     fn = steps.make_train_step(model, students, steps.LossSpec("distill", 1.0, 1.0), tx)
 
-    def run(n, fsdp):
+    def run(n, fsdp, fn=fn, layout=lambda b: b):
         mesh = sharding.make_mesh(n)
         state0 = steps.init_state(student, tx)
         # min_size=0: with FSDP every array the 8 devices divide is split (a stress test;
@@ -46,18 +46,33 @@ SCRIPT = textwrap.dedent("""
                        out_shardings=(st_sh, sharding.replicated(mesh)), donate_argnums=0)
         state = jax.device_put(jax.tree_util.tree_map(jnp.copy, state0), st_sh)
         t = jax.device_put(teacher, t_sh)
+        if n > 1 and not fsdp:   # data parallel: only the gradients' all-reduce
+            text = step.lower(state0, teacher, sharding.shard_batch(layout(batches[0]), mesh),
+                              jax.random.PRNGKey(0)).compile().as_text()
+            for op in ("all-to-all", "all-gather", "collective-permute"):
+                assert op not in text, f"{op} in the data-parallel step"
         losses = []
         for b in batches:
-            state, m = step(state, t, sharding.shard_batch(b, mesh), jax.random.PRNGKey(0))
+            state, m = step(state, t, sharding.shard_batch(layout(b), mesh),
+                            jax.random.PRNGKey(0))
             losses.append(float(m["loss"]))
         if fsdp:
             k = state.params["encoder"]["layer_0"]["intermediate"]["kernel"]
             assert len({str(s.index) for s in k.addressable_shards}) == 8, "FSDP did not shard"
         return np.array(losses), jax.device_get(state.params)
 
-    base_l, base_p = run(1, False)
-    for n, fsdp in ((8, False), (8, True)):
-        l, p = run(n, fsdp)
+    # Gradient accumulation: two micro-batches of 8 rows, each spread over all devices
+    accum = steps.make_train_step(model, students[:2], steps.LossSpec("distill", 1.0, 1.0),
+                                  tx, accum_steps=2, partial_clip_norm=1.0)
+    layout = lambda b: dj.data.interleave_micro_batches(b, 2)
+
+    cases = [(False, fn, lambda b: b), (True, fn, lambda b: b), (False, accum, layout)]
+    bases = {}
+    for fsdp, step_fn, lay in cases:
+        if step_fn not in bases:
+            bases[step_fn] = run(1, False, step_fn, lay)
+        base_l, base_p = bases[step_fn]
+        l, p = run(8, fsdp, step_fn, lay)
         np.testing.assert_allclose(l, base_l, rtol=1e-5)
         # Parameters: relative error of the whole tree <= 1e-5, every element within 1e-6.
         # (Summing the batch gradient per device then across devices rounds differently;

@@ -309,6 +309,8 @@ def test_bad_grid_fails_before_anything_loads(tiny_bert_dir, tmp_path, widths, d
                                   r"of \('distill', 'task'\)"),
     ("width_depth.max_grad_norm", 0.0, r"config.width_depth.max_grad_norm=0.0 must be > 0"),
     ("teacher.weight_decay", -0.01, r"config.teacher.weight_decay=-0.01 must be >= 0"),
+    ("width_depth.grad_accum_steps", 0, r"config.width_depth.grad_accum_steps=0 must be a "
+                                        r"positive integer"),
 ])
 def test_option_of_a_later_stage_fails_before_anything_loads(tiny_bert_dir, tmp_path,
                                                              field, value, match):
@@ -549,6 +551,10 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable(tiny_bert_dir, 
     assert not {"teacher.weight_decay", "teacher.adam_epsilon", "teacher.max_grad_norm"} & set(sig)
     c.teacher.weight_decay = 0.01
     assert trainer.training_signature(c, "teacher", students, 10)["teacher.weight_decay"] == 0.01
+    # and gradient accumulation's
+    assert not {"teacher.grad_accum_steps", "teacher.clip_partial_sums"} & set(sig)
+    c.teacher.grad_accum_steps = 4
+    assert trainer.training_signature(c, "teacher", students, 10)["teacher.grad_accum_steps"] == 4
 
 
 class _Stop(Exception):
@@ -589,3 +595,54 @@ def test_teacher_checkpoint_must_be_fine_tuned_and_its_labels_are_put_in_order(
     np.testing.assert_array_equal(reordered["classifier"]["bias"],
                                   np.asarray(as_is["classifier"]["bias"])[[1, 0]])
     np.testing.assert_array_equal(reordered["pooler"]["kernel"], as_is["pooler"]["kernel"])
+
+
+def test_gradient_accumulation_trains_like_a_large_batch_and_resumes_exactly(
+        tiny_bert_dir, tmp_path, monkeypatch):
+    """Batches of 8 accumulated twice take the updates of batches of 16 (no dropout, one
+    clip per update), as many per epoch; a run stopped after its second update resumes
+    to the same parameters."""
+    def config(bs, accum, **kw):
+        return tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher", **{
+            "teacher.max_steps": 0, "teacher.num_epochs": 1.0, "teacher.batch_size": bs,
+            "teacher.grad_accum_steps": accum, "teacher.clip_partial_sums": False,
+            "model.dropout": 0.0, "checkpoint_every": 1, **kw})
+
+    def final_params(workdir):
+        return jax.tree_util.tree_leaves(trainer.load_run(workdir, "teacher").params)
+
+    def updates(workdir):
+        rows = [json.loads(line) for line in
+                (workdir / "teacher" / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in rows if "loss" in r]
+
+    trainer.train_and_evaluate(config(16, 1), tmp_path / "large")
+    trainer.train_and_evaluate(config(8, 2), tmp_path / "accum")
+    assert updates(tmp_path / "large") == updates(tmp_path / "accum") == [1, 2, 3, 4]  # 64 // 16
+    memory = json.loads((tmp_path / "accum" / "teacher" / "memory.json").read_text())
+    assert memory["batch_size"] == 8 and memory["grad_accum_steps"] == 2
+    for a, b in zip(final_params(tmp_path / "large"), final_params(tmp_path / "accum")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+
+    # interrupted after the checkpoint of update 2, then run again: it resumes there
+    class Stop(Exception):
+        pass
+
+    save = ckpt.StageCheckpoints.save_latest
+
+    def save_then_stop(self, step, *args, **kw):
+        save(self, step, *args, **kw)
+        if step == 2:
+            raise Stop
+    monkeypatch.setattr(ckpt.StageCheckpoints, "save_latest", save_then_stop)
+    with pytest.raises(Stop):
+        trainer.train_and_evaluate(config(8, 2, **{"teacher.clip_partial_sums": True}),
+                                   tmp_path / "resumed")
+    monkeypatch.setattr(ckpt.StageCheckpoints, "save_latest", save)
+    trainer.train_and_evaluate(config(8, 2, **{"teacher.clip_partial_sums": True}),
+                               tmp_path / "resumed")
+    assert updates(tmp_path / "resumed") == [1, 2, 3, 4]
+    trainer.train_and_evaluate(config(8, 2, **{"teacher.clip_partial_sums": True}),
+                               tmp_path / "whole")
+    for a, b in zip(final_params(tmp_path / "whole"), final_params(tmp_path / "resumed")):
+        np.testing.assert_array_equal(a, b)

@@ -15,6 +15,7 @@ from dynabert_jax.data.batching import (
     cut_sequence,
     epoch_permutation,
     eval_batches,
+    interleave_micro_batches,
     num_eval_batches,
     num_examples,
     padded_length,
@@ -63,8 +64,8 @@ __all__ = [
     "tokenize_dataset", "tokenize_texts", "tokenizer_fingerprint", "content_fingerprint",
     "train_batches", "train_stream", "eval_batches", "num_eval_batches", "unpad",
     "steps_per_epoch", "epoch_permutation", "resume_position", "num_examples",
-    "process_slice", "prefetch", "row_lengths", "padded_length", "trim_padding",
-    "cut_sequence",
+    "process_slice", "interleave_micro_batches", "prefetch", "row_lengths", "padded_length",
+    "trim_padding", "cut_sequence",
     "squad", "SquadExample", "SquadFeatures", "load_squad", "squad_features",
     "squad_postprocess",
 ]

@@ -23,7 +23,9 @@ Guarantees:
 * **Every eval example counts exactly once**: over `eval_batches`, ``weight`` sums
   to n and the rows with ``weight == 1``, in order, are the dataset rows 0..n-1.
 * **Global batches.** All processes build the same global batch (same seed);
-  `process_slice` cuts out this process's rows for a data-parallel mesh axis.
+  `process_slice` cuts out this process's rows for a data-parallel mesh axis. With
+  gradient accumulation a step's batch is ``k`` consecutive batches, laid out by
+  `interleave_micro_batches`.
 * `prefetch` runs any batch iterator in a background thread with a bounded queue.
 """
 from __future__ import annotations
@@ -254,6 +256,23 @@ def process_slice(batch: Batch, process_index: Optional[int] = None,
     per = b // process_count
     lo = process_index * per
     return {k: v[lo:lo + per] for k, v in batch.items()}
+
+
+def interleave_micro_batches(batch: Batch, accum_steps: int) -> Batch:
+    """A batch of ``k = accum_steps`` consecutive micro-batches (micro-batch ``j`` is
+    rows ``[j*B, (j+1)*B)``), reordered so that row ``b*k + j`` is row ``b`` of
+    micro-batch ``j``: every device's (and process's) contiguous share of the rows then
+    holds an equal share of every micro-batch, and the train step's
+    `steps.micro_batches` takes them apart without moving data between devices.
+    """
+    k = int(accum_steps)
+    if k == 1:
+        return batch
+    n = num_examples(batch)
+    if k < 1 or n % k:
+        raise ValueError(f"a batch of {n} rows does not split into {accum_steps} micro-batches")
+    return {key: v.reshape(k, n // k, *v.shape[1:]).swapaxes(0, 1).reshape(v.shape)
+            for key, v in batch.items()}
 
 
 _END = object()
