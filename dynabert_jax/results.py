@@ -99,9 +99,12 @@ def _stage_setup(workdir: pathlib.Path, stage: str, scfg: Mapping) -> Optional[d
     rows = [r for r in read_jsonl(workdir / stage / "metrics.jsonl") if "loss" in r]
     if not rows:
         return None
-    return {"steps": max(r["step"] for r in rows), "batch_size": scfg.get("batch_size"),
-            "learning_rate": scfg.get("learning_rate"),
-            "num_epochs": scfg.get("num_epochs"), "max_steps": scfg.get("max_steps")}
+    setup = {"steps": max(r["step"] for r in rows), "batch_size": scfg.get("batch_size"),
+             "learning_rate": scfg.get("learning_rate"),
+             "num_epochs": scfg.get("num_epochs"), "max_steps": scfg.get("max_steps")}
+    if scfg.get("grad_accum_steps", 1) > 1:   # an update takes that many batches
+        setup["grad_accum_steps"] = scfg["grad_accum_steps"]
+    return setup
 
 
 def collect_run(workdir) -> dict:
@@ -272,10 +275,13 @@ def task_markdown(record: Mapping, image: Optional[str] = None) -> str:
     trim = setup.get("pad_to_multiple_of") or 0
     grouped = "grouped by length and " if setup.get("group_by_length") else ""
     batches = f" (training batches {grouped}cut to a multiple of {trim} tokens)" if trim else ""
+    first = next(iter(st.values()), {})
+    accum = (f" ({first['grad_accum_steps']} accumulated per update)"
+             if first.get("grad_accum_steps") else "")
     lines.append(f"- Data: {used} (seed {setup.get('seed')}); dev: {dev or '?'} examples "
                  f"(whole); seq "
                  f"{setup.get('max_seq_length')}{batches}; batch "
-                 f"{next(iter(st.values()), {}).get('batch_size')}; learning rate "
+                 f"{first.get('batch_size')}{accum}; learning rate "
                  f"{', '.join(f'{x:g}' for x in lr)}.")
     if steps:
         lines.append(f"- Steps per stage: {steps}" +

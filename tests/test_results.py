@@ -200,3 +200,17 @@ def test_results_config():
     c.baselines = ("direkt",)
     with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['direkt'\]"):
         trainer.stages_to_run(c)
+
+
+def test_stage_setup_names_gradient_accumulation_only_when_used(tmp_path):
+    (tmp_path / "width").mkdir()
+    (tmp_path / "width" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)))
+    scfg = {"batch_size": 8, "learning_rate": 1e-4, "num_epochs": 1.0, "max_steps": 0,
+            "grad_accum_steps": 1}
+    assert "grad_accum_steps" not in results._stage_setup(tmp_path, "width", scfg)
+    setup = results._stage_setup(tmp_path, "width", dict(scfg, grad_accum_steps=4))
+    assert setup["steps"] == 3 and setup["grad_accum_steps"] == 4
+    record = {"task": "sst2", "metric": "acc", "subnets": [],
+              "setup": {"seed": 1, "max_seq_length": 64, "stages": {"width": setup}}}
+    assert "; batch 8 (4 accumulated per update);" in results.task_markdown(record)
