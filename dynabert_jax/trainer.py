@@ -960,6 +960,19 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
                 raise ConfigError(f"config.{sec}.{name}={s[name]!r} must be {want}")
 
 
+def _check_updates_fit(ctx: Context, stages: Sequence[str]) -> None:
+    """Every stage to run has at least one update's worth of training examples (batch
+    size x grad_accum_steps): checked once the data is loaded, before the first stage
+    trains, not when the stage starts, perhaps hours later."""
+    for sec in dict.fromkeys(sec for st in stages for sec in _TRAIN_SECTIONS.get(st, ())):
+        n = data.num_examples(ctx.train_arrays(sec))
+        s = ctx.config[sec]
+        if n < s.batch_size * s.grad_accum_steps:
+            raise ConfigError(f"{n} training examples make no batch of "
+                              f"{s.batch_size * s.grad_accum_steps} (config.{sec}.batch_size"
+                              f"={s.batch_size} x grad_accum_steps={s.grad_accum_steps})")
+
+
 def check_grid(config, model_config=None) -> Tuple[SubNet, ...]:
     """The (width, depth) grid of ``config.widths`` x ``config.depths``, or a
     `ConfigError`: an empty or repeated multiplier, one outside (0, 1], and, given the
@@ -1063,6 +1076,7 @@ def train_and_evaluate(config, workdir):
         enable_compilation_cache(config.compilation_cache_dir)
     ctx = Context.create(config, workdir)
     check_grid(config, ctx.model.config)   # and before any stage trains
+    _check_updates_fit(ctx, stages)
     # Only now, with data and model loaded: a run that fails before keeps the folder's
     # config.json, which export and load_run read.
     workdir.mkdir(parents=True, exist_ok=True)

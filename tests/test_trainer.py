@@ -646,3 +646,14 @@ def test_gradient_accumulation_trains_like_a_large_batch_and_resumes_exactly(
                                tmp_path / "whole")
     for a, b in zip(final_params(tmp_path / "whole"), final_params(tmp_path / "resumed")):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_stage_with_fewer_examples_than_one_update_fails_before_any_stage_trains(
+        tiny_bert_dir, tmp_path):
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="all")
+    c.width_depth.grad_accum_steps = 16        # 8 x 16 = 128 rows; the subset has 64
+    with pytest.raises(trainer.ConfigError,
+                       match=r"64 training examples make no batch of 128 \(config.width_depth."
+                             r"batch_size=8 x grad_accum_steps=16\)"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run" / "teacher").exists()   # the teacher never started
