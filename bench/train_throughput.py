@@ -22,10 +22,14 @@ softmax, LayerNorm, losses and the optimizer are not counted).
     python bench/train_throughput.py --shapes minilm --stages 1,2 --steps 3
     python bench/train_throughput.py --steps minilm=3,bert-base=2      # per shape
     python bench/train_throughput.py --torch-device cuda --dtype bfloat16 --peak-tflops 989
+    python bench/train_throughput.py --frameworks jax --accum 4      # ours, 4 x 32 per update
 
 ``--dtype``: float32, tf32 or bfloat16 in both frameworks, as ``bench/precisions.py``
 defines them (weights, gradients and the optimizer stay float32 in both). MFU = model
 FLOPs / step time / ``--peak-tflops``: give the device's peak for that precision.
+``--accum K``: each step of ours is one update over K accumulated batches of ``--batch``
+(``grad_accum_steps``; examples/s counts all K); the PyTorch reference has no
+accumulation, so it takes ``--frameworks jax``.
 
 Prints a markdown table per shape and writes JSON (default
 runs/bench/train_throughput.json, rewritten atomically after every measurement).
@@ -90,7 +94,8 @@ def students_of(dj, stage: str):
 
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
                warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
-               dropout: float = 0.1, dropout_prng: str = "threefry2x32") -> dict:
+               dropout: float = 0.1, dropout_prng: str = "threefry2x32",
+               accum: int = 1) -> dict:
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
@@ -113,12 +118,15 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     spec = steps.LossSpec("distill", lam_logit, lam_hidden)
     tx, _ = steps.make_optimizer(2e-5, 1000)
     state = jax.jit(lambda p: steps.init_state(p, tx))(params)
-    b = {k: jnp.asarray(v) for k, v in random_batch(batch, seq, cfg.vocab_size).items()}
+    rows = batch * accum   # one update's examples (laid out as the trainer does)
+    b = {k: jnp.asarray(v) for k, v in dj.data.interleave_micro_batches(
+        random_batch(rows, seq, cfg.vocab_size), accum).items()}
     rng = steps.dropout_key(0, dropout_prng)   # as the trainer (config.dropout_prng)
 
     t0 = time.perf_counter()
-    compiled = jax.jit(steps.make_train_step(model, students, spec, tx),
-                       donate_argnums=0).lower(state, teacher, b, rng).compile()
+    step = steps.make_train_step(model, students, spec, tx, accum_steps=accum,
+                                 partial_clip_norm=1.0 if accum > 1 else None)
+    compiled = jax.jit(step, donate_argnums=0).lower(state, teacher, b, rng).compile()
     compile_s = time.perf_counter() - t0
     mem = steps.memory_stats(compiled)
     del params
@@ -139,12 +147,13 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     dev = jax.devices()[0]
     out = {"framework": "jax", "device": f"{dev.device_kind} ({jax.default_backend()})",
            "shape": shape, "stage": stage, "students": len(students), "batch": batch,
+           "accum": accum,
            "seq": seq, "dtype": dtype, "jax_matmul_precision": precision,
            "dropout": dropout, "dropout_prng": dropout_prng,
            "unrolled_threefry": unroll_threefry,
            "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
            "step_times_s": [round(t, 4) for t in times], "median_step_s": med,
-           "examples_per_s": batch / med, "xla_memory": mem,
+           "examples_per_s": rows / med, "xla_memory": mem,
            "max_rss_mib": round(max_rss_mib(), 1),
            "last_losses": [float(x) for x in np.asarray(m["losses"])]}
     try:
@@ -301,6 +310,8 @@ def main():
                     help="comma list of single, 1 (DynaBERT_W), 2 (DynaBERT)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--accum", type=int, default=1,
+                    help="ours only: K accumulated batches of --batch per update")
     ap.add_argument("--steps", default="3",
                     help="timed steps: N, or per shape as minilm=3,bert-base=2")
     ap.add_argument("--warmup", type=int, default=1)
@@ -339,7 +350,7 @@ def main():
         res = jax_worker(args.shape, args.stage, args.batch, args.seq, int(args.steps),
                          args.warmup, unroll_threefry=not args.rolled_threefry,
                          dtype=args.dtype, dropout=args.dropout,
-                         dropout_prng=args.dropout_prng)
+                         dropout_prng=args.dropout_prng, accum=args.accum)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -352,6 +363,9 @@ def main():
     for s in stages:
         if s not in STAGES:
             raise SystemExit(f"unknown stage {s!r}; choose from {sorted(STAGES)}")
+    if args.accum > 1 and frameworks != ["jax"]:
+        raise SystemExit("--accum needs --frameworks jax: the PyTorch reference does "
+                         "not accumulate")
     steps_of = per_shape(args.steps, shapes)
     out = ROOT / args.out if not os.path.isabs(args.out) else pathlib.Path(args.out)
     t_start = time.perf_counter()
@@ -359,7 +373,7 @@ def main():
         "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": None, "host_cpu": cpu_name(), "cpus": os.cpu_count(),
-        "versions": versions(), "batch": args.batch, "seq": args.seq,
+        "versions": versions(), "batch": args.batch, "accum": args.accum, "seq": args.seq,
         "steps": steps_of, "warmup": args.warmup, "torch_threads": args.threads,
         "dtype": args.dtype, "torch_device": args.torch_device, "dropout": args.dropout,
         "dropout_prng": args.dropout_prng, "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,
@@ -379,7 +393,7 @@ def main():
     common = ["--batch", args.batch, "--seq", args.seq, "--warmup", args.warmup,
               "--dtype", args.dtype, "--dropout", args.dropout]
     jax_flags = (["--rolled-threefry"] if args.rolled_threefry else []) + [
-        "--dropout-prng", args.dropout_prng]
+        "--dropout-prng", args.dropout_prng, "--accum", args.accum]
     for i, shape in enumerate(shapes):
         if "torch" in frameworks and (args.parity == "all"
                                       or (args.parity == "first" and i == 0)):
@@ -403,7 +417,7 @@ def main():
                                           "--stage", stage, "--steps", n, "--threads",
                                           args.threads, "--device", args.torch_device]
                                          + common)
-            flops = model_flops(shape, stage, args.batch, args.seq)
+            flops = model_flops(shape, stage, args.batch * args.accum, args.seq)
             row = {"shape": shape, "stage": stage,
                    "students": (res.get("jax") or res.get("torch"))["students"],
                    "steps": n, "warmup": args.warmup,
