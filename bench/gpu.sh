@@ -16,6 +16,9 @@
 #                                                    # ours only: dropout's share of a step
 #   bash bench/gpu.sh OUTDIR mfu-rbg                 # the same with dropout's bits from XLA's
 #                                                    # RngBitGenerator (config.dropout_prng=rbg)
+#   bash bench/gpu.sh OUTDIR train-accum             # stage 1, BERT-base: 4 x 32 accumulated,
+#                                                    # ours only (against train-bf16-bert's
+#                                                    # batch 32 and -b128's batch 128)
 #   bash bench/gpu.sh OUTDIR attention               # the attention core both ways (softmax
 #                                                    # first / normalise after), fp32 and bf16,
 #                                                    # batch 32 and 128, and the whole forward
@@ -115,6 +118,9 @@ case $part in
   mfu-rbg)
     train bf16-bert-b128-rbg "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
       --dropout-prng rbg --frameworks jax ;;
+  train-accum)
+    train bf16-bert-accum4 "${bf16[@]}" --shapes bert-base --stages 1 --batch 32 --accum 4 \
+      --frameworks jax ;;
   attention)
     for dt in float32 bfloat16; do
       "$py" bench/attention_core.py --dtype $dt --batch-sizes 32,128 \
