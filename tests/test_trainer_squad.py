@@ -31,7 +31,9 @@ def _config(tiny_bert_dir, tmp_path, squad_slice, **kw):
 
 @pytest.mark.slow
 def test_squad_every_stage(tiny_bert_dir, tmp_path, squad_slice):
-    c = _config(tiny_bert_dir, tmp_path, squad_slice, **{"final.enabled": True})
+    # (stage 2 with gradient accumulation: the span labels go through it too)
+    c = _config(tiny_bert_dir, tmp_path, squad_slice, **{"final.enabled": True,
+                                                         "width_depth.grad_accum_steps": 2})
     record = trainer.train_and_evaluate(c, tmp_path / "run")
     assert record["task"] == "squad" and record["metric"] == "f1"
     assert len(record["subnets"]) == 12
