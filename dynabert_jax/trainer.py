@@ -468,6 +468,8 @@ def training_signature(config, stage: str, students: Sequence[SubNet], total: in
     for k, old_value in _ADDED_LATER.items():
         if sig.get(f"{stage}.{k}", old_value) == old_value:
             sig.pop(f"{stage}.{k}", None)
+    if f"{stage}.grad_accum_steps" not in sig:   # one batch per update: nothing to clip
+        sig.pop(f"{stage}.clip_partial_sums", None)
     return json.loads(json.dumps(sig))
 
 

@@ -211,6 +211,9 @@ def test_stage_setup_names_gradient_accumulation_only_when_used(tmp_path):
     assert "grad_accum_steps" not in results._stage_setup(tmp_path, "width", scfg)
     setup = results._stage_setup(tmp_path, "width", dict(scfg, grad_accum_steps=4))
     assert setup["steps"] == 3 and setup["grad_accum_steps"] == 4
+    teacher = results._stage_setup(tmp_path, "width", scfg)   # the first stage: none
     record = {"task": "sst2", "metric": "acc", "subnets": [],
-              "setup": {"seed": 1, "max_seq_length": 64, "stages": {"width": setup}}}
-    assert "; batch 8 (4 accumulated per update);" in results.task_markdown(record)
+              "setup": {"seed": 1, "max_seq_length": 64,
+                        "stages": {"teacher": teacher, "width_depth": setup}}}
+    assert ("; batch 8 (batches accumulated per update: width_depth 4);"
+            in results.task_markdown(record))

@@ -553,8 +553,12 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable(tiny_bert_dir, 
     assert trainer.training_signature(c, "teacher", students, 10)["teacher.weight_decay"] == 0.01
     # and gradient accumulation's
     assert not {"teacher.grad_accum_steps", "teacher.clip_partial_sums"} & set(sig)
+    c.teacher.clip_partial_sums = False      # changes nothing without accumulation
+    assert "teacher.clip_partial_sums" not in trainer.training_signature(c, "teacher",
+                                                                        students, 10)
     c.teacher.grad_accum_steps = 4
-    assert trainer.training_signature(c, "teacher", students, 10)["teacher.grad_accum_steps"] == 4
+    sig = trainer.training_signature(c, "teacher", students, 10)
+    assert sig["teacher.grad_accum_steps"] == 4 and sig["teacher.clip_partial_sums"] is False
 
 
 class _Stop(Exception):
@@ -600,13 +604,16 @@ def test_teacher_checkpoint_must_be_fine_tuned_and_its_labels_are_put_in_order(
 def test_gradient_accumulation_trains_like_a_large_batch_and_resumes_exactly(
         tiny_bert_dir, tmp_path, monkeypatch):
     """Batches of 8 accumulated twice take the updates of batches of 16 (no dropout, one
-    clip per update), as many per epoch; a run stopped after its second update resumes
-    to the same parameters."""
+    clip per update), as many per epoch; clipping each partial sum, as the official
+    code, changes them; a run stopped after its second update resumes to the same
+    parameters."""
     def config(bs, accum, **kw):
+        # a clip norm every update's gradient exceeds (their norms are 0.02-0.6)
         return tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher", **{
             "teacher.max_steps": 0, "teacher.num_epochs": 1.0, "teacher.batch_size": bs,
             "teacher.grad_accum_steps": accum, "teacher.clip_partial_sums": False,
-            "model.dropout": 0.0, "checkpoint_every": 1, **kw})
+            "teacher.max_grad_norm": 0.01, "model.dropout": 0.0, "checkpoint_every": 1,
+            **kw})
 
     def final_params(workdir):
         return jax.tree_util.tree_leaves(trainer.load_run(workdir, "teacher").params)
@@ -646,6 +653,10 @@ def test_gradient_accumulation_trains_like_a_large_batch_and_resumes_exactly(
                                tmp_path / "whole")
     for a, b in zip(final_params(tmp_path / "whole"), final_params(tmp_path / "resumed")):
         np.testing.assert_array_equal(a, b)
+    # the partial clips reach the step: these updates are not the large batch's
+    gap = max(float(np.abs(a - b).max()) for a, b in zip(
+        final_params(tmp_path / "whole"), final_params(tmp_path / "large")))
+    assert gap > 1e-5, gap
 
 
 def test_a_stage_with_fewer_examples_than_one_update_fails_before_any_stage_trains(
