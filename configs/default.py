@@ -82,6 +82,10 @@ def get_config():
     # batch (needs pad_to_multiple_of). See docs/training.md.
     c.data.pad_to_multiple_of = 0
     c.data.group_by_length = False
+    # An epoch's last partial batch trains too (the official loader: ceil(n / batch)
+    # steps), filled up with zero-weight copies of a row so that every batch has one
+    # shape; False drops it (floor(n / batch) steps).
+    c.data.keep_partial_batch = True
     # SQuAD v1.1 (task=squad): JSON files; sizes above count questions. The dev file
     # defaults to $DYNABERT_DATA/squad/v1.1/dev-v1.1.json or ../shared/data/squad/...
     c.data.squad_train = ""

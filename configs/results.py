@@ -68,6 +68,9 @@ def get_config(arg: str = ""):
                              f"give seq=... and train_size=...")
         c.data.max_seq_length = CPU_SEQ.get(c.task, c.data.max_seq_length)
         c.data.train_size = CPU_TRAIN_SIZE
+        # the published CPU runs dropped each epoch's last partial batch (they predate
+        # data.keep_partial_batch)
+        c.data.keep_partial_batch = False
         for s in (c.teacher, c.direct, c.width, c.width_depth):
             s.num_epochs = 1.0
             s.learning_rate = 1e-4

@@ -160,21 +160,26 @@ def _logits_for_distillation(head: str, logits):
 
 def student_loss(model: DynaBertModel, params, batch, subnet: SubNet, spec: LossSpec,
                  teacher_out, rng) -> jax.Array:
-    """The loss of one student (train mode) on ``batch``."""
+    """The loss of one student (train mode) on ``batch``: a mean over its rows, or, when
+    the batch has ``weight`` (an epoch's last batch, padded), over its real rows only."""
     cfg = model.config
     out = model.apply({"params": params}, **_inputs(batch), subnet=subnet,
                       deterministic=False, rngs={"dropout": rng})
     if spec.kind == "task":
         return losses.task_loss(cfg.head, out.logits, batch)
+    weights = batch.get("weight")
     loss = jnp.float32(0.0)
     if cfg.head in ("classification", "span") and spec.lambda_logit:
         loss += spec.lambda_logit * losses.soft_cross_entropy(
             _logits_for_distillation(cfg.head, out.logits),
-            _logits_for_distillation(cfg.head, teacher_out.logits))
+            _logits_for_distillation(cfg.head, teacher_out.logits), weights)
     if cfg.head == "regression" and spec.regression_logit_mse and spec.lambda_logit:
-        loss += spec.lambda_logit * losses.logit_mse(out.logits, teacher_out.logits)
+        loss += spec.lambda_logit * losses.logit_mse(out.logits, teacher_out.logits, weights)
     if spec.lambda_hidden:
         mask = batch["attention_mask"] if spec.mask_padding else None
+        if weights is not None:   # every position of the real rows
+            rows = jnp.broadcast_to(weights[:, None], batch["attention_mask"].shape)
+            mask = rows if mask is None else mask * rows
         loss += spec.lambda_hidden * losses.hidden_mse(
             out.hidden_states, teacher_out.hidden_states,
             subnet.teacher_hidden_indices(cfg), mask)

@@ -453,15 +453,19 @@ _ADDED_LATER = {"objective": "distill", "weight_decay": 0.0, "adam_epsilon": 1e-
                 "max_grad_norm": 1.0, "grad_accum_steps": 1, "clip_partial_sums": True}
 
 
-def training_signature(config, stage: str, students: Sequence[SubNet], total: int) -> dict:
+def training_signature(config, stage: str, students: Sequence[SubNet], total: int,
+                       partial_batch: bool = False) -> dict:
     """The settings a stage's checkpoints were trained with, flat and JSON-normal: its
     students, total steps, seed, data sizes, its ``config.<stage>`` section, the losses
-    and the model's dropout and precision."""
+    and the model's dropout and precision; ``data.keep_partial_batch`` only where an
+    epoch had a partial batch to keep (``partial_batch``)."""
     sig = {"students": [[s.width, s.depth] for s in students], "total_steps": total,
            "seed": config.seed, "model.dropout": config.model.dropout,
            "model.dtype": config.model.dtype,
            "dropout_prng": config.get("dropout_prng", "threefry2x32")}
     sig.update({f"data.{k}": config.data.get(k) for k in _DATA_FIELDS})
+    if partial_batch:
+        sig["data.keep_partial_batch"] = True
     sig.update({f"{stage}.{k}": v for k, v in config[stage].items()
                 if k not in _NOT_TRAINING})
     sig.update({f"loss.{k}": v for k, v in config.loss.items()})
@@ -489,7 +493,10 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     rows = bs * accum
     train = ctx.train_arrays(stage)
     n_train = data.num_examples(train)
-    spe = data.steps_per_epoch(n_train, rows)
+    # As the official loader, an epoch's last partial batch trains too: filled up with
+    # copies of a row whose weight is 0 (config.data.keep_partial_batch).
+    pad_last = bool(config.data.keep_partial_batch) and n_train % rows != 0
+    spe = data.steps_per_epoch(n_train, rows, drop_remainder=not pad_last)
     if spe == 0:
         raise ConfigError(f"{n_train} training examples make no batch of {rows} "
                           f"(config.{stage}.batch_size x grad_accum_steps)")
@@ -512,7 +519,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     record = {"stage": stage, "task": ctx.task.name, "model": _model_signature(ctx.model),
               "teacher_checksum": ctx.checksum(teacher_params) if teacher_params else None,
               "students": [[s.width, s.depth] for s in students],
-              "training": training_signature(config, stage, students, total),
+              "training": training_signature(config, stage, students, total, pad_last),
               "config": json.loads(config.to_json_best_effort())}
     store = ckpt.StageCheckpoints(out_dir / "checkpoints", record)
     try:
@@ -552,7 +559,9 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
 
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
     example = {k: train[k][:rows] for k in batch_keys}
-    batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
+    if pad_last:   # every batch of the stage then has the weight of its rows
+        example["weight"] = np.ones(rows, np.float32)
+    batch_sh = {k: sharding.batch_sharding(mesh) for k in example}
     root = steps.dropout_key(config.seed, config.get("dropout_prng", "threefry2x32"))
     rng = jax.random.fold_in(root, STAGES.index(stage))
     seq = example["input_ids"].shape[1]
@@ -594,7 +603,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     lengths = (data.row_lengths(train["attention_mask"])
                if config.data.group_by_length else None)
     stream = data.train_stream(train, rows, config.seed, start_global_step=start,
-                               num_steps=total - start, keys=batch_keys, lengths=lengths)
+                               num_steps=total - start, keys=batch_keys, lengths=lengths,
+                               pad_remainder=pad_last)
 
     def host_batch(b):   # on the prefetch thread: trim (global batch), then this process's rows
         b = data.trim_padding(b, multiple) if multiple > 0 else b
@@ -964,8 +974,11 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
 
 def _check_updates_fit(ctx: Context, stages: Sequence[str]) -> None:
     """Every stage to run has at least one update's worth of training examples (batch
-    size x grad_accum_steps): checked once the data is loaded, before the first stage
-    trains, not when the stage starts, perhaps hours later."""
+    size x grad_accum_steps), unless a partial batch trains too: checked once the data
+    is loaded, before the first stage trains, not when the stage starts, perhaps hours
+    later."""
+    if ctx.config.data.keep_partial_batch:
+        return
     for sec in dict.fromkeys(sec for st in stages for sec in _TRAIN_SECTIONS.get(st, ())):
         n = data.num_examples(ctx.train_arrays(sec))
         s = ctx.config[sec]

@@ -56,6 +56,8 @@ def test_no_drop_remainder_and_errors():
     a = _arrays(10)
     sizes = [len(b["row"]) for b in data.train_batches(a, 4, 0, 0, drop_remainder=False)]
     assert sizes == [4, 4, 2]
+    with pytest.raises(ValueError, match="needs drop_remainder=False"):
+        list(data.train_batches(a, 4, 0, 0, pad_remainder=True))
     with pytest.raises(ValueError, match="no full batch"):
         list(data.train_batches(a, 16, 0, 0))
     with pytest.raises(ValueError, match="different lengths"):
@@ -110,6 +112,29 @@ def test_process_slice():
         data.process_slice(batch, 4, 4)
     single = data.process_slice(batch)                 # jax: process 0 of 1
     np.testing.assert_array_equal(single["row"], batch["row"])
+
+
+def test_kept_last_batch_is_padded_with_zero_weight_copies_and_resumes():
+    a = _arrays(10)
+    kept = list(data.train_batches(a, 4, 0, 0, drop_remainder=False, pad_remainder=True))
+    unpadded = list(data.train_batches(a, 4, 0, 0, drop_remainder=False))
+    assert [len(b["row"]) for b in kept] == [4, 4, 4]
+    assert [b["weight"].tolist() for b in kept] == [[1] * 4, [1] * 4, [1, 1, 0, 0]]
+    for k, u in zip(kept, unpadded):       # the same rows, in the same order, then copies
+        assert k["row"][:len(u["row"])].tolist() == u["row"].tolist()
+    assert kept[-1]["row"][2:].tolist() == [kept[-1]["row"][1]] * 2
+    stream = _rows(data.train_stream(a, 4, seed=0, num_steps=6, pad_remainder=True))
+    assert stream[:3] == _rows(kept) and len(stream) == 6
+    assert sorted(set(sum(stream[:3], []))) == list(range(10))   # every row once an epoch
+    assert _rows(data.train_stream(a, 4, seed=0, start_global_step=2, num_steps=2,
+                                   pad_remainder=True)) == stream[2:4]
+    # grouped by length: the full batches are grouped, the kept one stays last
+    r, lengths = _ragged(21, seq=16, seed=2)
+    grouped = list(data.train_batches(r, 4, 1, 0, drop_remainder=False, pad_remainder=True,
+                                      lengths=lengths, group_batches=2))
+    assert len(grouped) == 6 and grouped[-1]["weight"].tolist() == [1, 0, 0, 0]
+    assert sorted(sum((b["row"][b["weight"] > 0].tolist() for b in grouped), [])) == \
+        list(range(21))
 
 
 def test_micro_batches_are_consecutive_batches_and_each_device_holds_a_share_of_each():

@@ -369,3 +369,29 @@ def test_accumulated_step_without_partial_clips_equals_one_large_batch():
             p - a, p - b, rtol=1e-3, atol=2e-7), got.params, want.params, student)
     with pytest.raises(ValueError, match="accum_steps must be a positive integer"):
         steps.make_train_step(model, students, spec, tx, accum_steps=0)
+
+
+@pytest.mark.parametrize("spec", [steps.LossSpec("task"),
+                                  steps.LossSpec("distill", 1.0, 1.0),
+                                  steps.LossSpec("distill", 1.0, 0.1, mask_padding=True)])
+def test_a_padded_last_batch_trains_as_its_real_rows_alone(spec):
+    # an epoch's last partial batch, filled up with zero-weight copies of a row (as
+    # data.keep_partial_batch does), gives the losses and update of its real rows alone
+    model, student = _tiny()
+    _, teacher = _tiny(seed=2)
+    full = _accum_batch()
+    real = {k: v[:5] for k, v in full.items()}
+    padded = {k: np.concatenate([v[:5], np.repeat(v[4:5], 3, axis=0)]) for k, v in full.items()}
+    padded["weight"] = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))   # update = gradient
+    step = jax.jit(steps.make_train_step(model, (dj.FULL, dj.SubNet(0.5, 0.5)), spec, tx))
+    want, m_want = step(steps.init_state(student, tx), teacher, real, jax.random.PRNGKey(0))
+    got, m = step(steps.init_state(student, tx), teacher, padded, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(m["losses"], m_want["losses"], rtol=1e-5)
+    np.testing.assert_allclose(m["grad_norm"], m_want["grad_norm"], rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b, p: np.testing.assert_allclose(
+        p - a, p - b, rtol=1e-3, atol=2e-7), got.params, want.params, student)
+    # and the copies do count when their weight is 1 (so the weights are what works)
+    _, m_ones = step(steps.init_state(student, tx), teacher,
+                     dict(padded, weight=np.ones(8, np.float32)), jax.random.PRNGKey(0))
+    assert not np.allclose(m_ones["losses"], m_want["losses"], rtol=1e-4)

@@ -662,9 +662,37 @@ def test_gradient_accumulation_trains_like_a_large_batch_and_resumes_exactly(
 def test_a_stage_with_fewer_examples_than_one_update_fails_before_any_stage_trains(
         tiny_bert_dir, tmp_path):
     c = tiny_train_config(tiny_bert_dir, tmp_path, stage="all")
+    c.data.keep_partial_batch = False          # (kept, 64 rows would make one padded update)
     c.width_depth.grad_accum_steps = 16        # 8 x 16 = 128 rows; the subset has 64
     with pytest.raises(trainer.ConfigError,
                        match=r"64 training examples make no batch of 128 \(config.width_depth."
                              r"batch_size=8 x grad_accum_steps=16\)"):
         trainer.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run" / "teacher").exists()   # the teacher never started
+
+
+def test_an_epochs_last_partial_batch_trains_unless_dropped(tiny_bert_dir, tmp_path):
+    """60 examples in batches of 8: 8 updates an epoch, the last of 4 real rows, as the
+    official loader (ceil); 7 with data.keep_partial_batch=false. Only a stage that had a
+    partial batch records the setting."""
+    def updates(keep, size=60):
+        c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher", **{
+            "teacher.max_steps": 0, "teacher.num_epochs": 1.0, "data.train_size": size,
+            "data.keep_partial_batch": keep})
+        work = tmp_path / f"{keep}-{size}"
+        trainer.train_and_evaluate(c, work)
+        rows = [json.loads(line) for line in
+                (work / "teacher" / "metrics.jsonl").read_text().splitlines()]
+        store = ckpt.StageCheckpoints(work / "teacher" / "checkpoints")
+        try:
+            recorded = store.latest_meta()["training"]
+        finally:
+            store.close()
+        return [r["step"] for r in rows if "loss" in r], recorded
+
+    steps, recorded = updates(True)
+    assert steps == list(range(1, 9)) and recorded["data.keep_partial_batch"] is True
+    steps, recorded = updates(False)
+    assert steps == list(range(1, 8)) and "data.keep_partial_batch" not in recorded
+    steps, recorded = updates(True, size=64)     # no partial batch: as before
+    assert steps == list(range(1, 9)) and "data.keep_partial_batch" not in recorded

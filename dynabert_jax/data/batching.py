@@ -11,8 +11,9 @@ Guarantees:
   ``e`` is ``np.random.default_rng([seed, e]).permutation(n)``; batch ``s`` of that
   epoch holds rows ``perm[s*B:(s+1)*B]``. A run resumed at (epoch, step) with
   ``start_step`` sees exactly the batches an uninterrupted run would have seen.
-* **Static shapes.** Training drops the last partial batch by default; evaluation
-  pads it to ``batch_size`` with copies of a real row that carry ``weight == 0``.
+* **Static shapes.** Training drops the last partial batch by default, or
+  (``pad_remainder``, as the official loader keeps it) pads it, like evaluation, to
+  ``batch_size`` with copies of a real row that carry ``weight == 0``.
 * **Optional length grouping and dynamic padding** (a speed option, off by default;
   the official code pads every batch to the maximum length): `train_batches` with
   ``lengths`` sorts rows of similar length into the same batch (within random groups
@@ -129,7 +130,7 @@ def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epo
                   start_step: int = 0, drop_remainder: bool = True, shuffle: bool = True,
                   keys: Optional[Sequence[str]] = None,
                   lengths: Optional[np.ndarray] = None,
-                  group_batches: int = 50) -> Iterator[Batch]:
+                  group_batches: int = 50, pad_remainder: bool = False) -> Iterator[Batch]:
     """Yield the training batches of one epoch, from batch `start_step` on.
 
     Args:
@@ -138,7 +139,7 @@ def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epo
       seed, epoch: determine the order (see module docstring).
       start_step: index of the first batch to yield (resume mid-epoch).
       drop_remainder: drop the last ``n % B`` rows (static shapes); if False the
-        last batch is smaller.
+        last batch is smaller, or padded (``pad_remainder``).
       shuffle: False keeps file order (for debugging).
       keys: subset of keys to put in the batches (default all).
       lengths: ``[n]`` row lengths (`row_lengths`): group rows of similar length
@@ -147,6 +148,10 @@ def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epo
         ``drop_remainder``.
       group_batches: rows are sorted by length within random groups of this many
         batches (Hugging Face's ``group_by_length`` uses 50).
+      pad_remainder: with ``drop_remainder=False``, the last ``n % B`` rows are the
+        epoch's last batch, filled up to ``B`` with copies of its last row, and every
+        batch has ``weight``: float32 ``[B]``, 1 for a real row, 0 for a copy. With
+        ``lengths`` the full batches are grouped and this one stays last.
     Yields:
       dicts of ``[B, ...]`` arrays.
     """
@@ -156,37 +161,55 @@ def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epo
         raise ValueError(f"{n} examples make no full batch of {batch_size}")
     if not 0 <= start_step <= steps:
         raise ValueError(f"start_step {start_step} outside [0, {steps}]")
+    if pad_remainder and drop_remainder:
+        raise ValueError("pad_remainder pads the last partial batch: it needs "
+                         "drop_remainder=False")
     order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
     if lengths is not None:
-        if not drop_remainder:
-            raise ValueError("grouping by length needs drop_remainder=True")
+        if not (drop_remainder or pad_remainder):
+            raise ValueError("grouping by length needs whole batches: drop_remainder=True "
+                             "or pad_remainder=True")
         lengths = np.asarray(lengths)
         if lengths.shape != (n,):
             raise ValueError(f"lengths has shape {lengths.shape}, want ({n},)")
-        order = _grouped_order(order[:steps * batch_size], lengths, batch_size,
-                               group_batches, np.random.default_rng([int(seed), int(epoch), 1]))
+        full = (n // batch_size) * batch_size
+        order = np.concatenate([
+            _grouped_order(order[:full], lengths, batch_size, group_batches,
+                           np.random.default_rng([int(seed), int(epoch), 1])),
+            order[full:] if pad_remainder else order[:0]])
     for s in range(start_step, steps):
-        yield _take(arrays, order[s * batch_size:(s + 1) * batch_size], keys)
+        idx = order[s * batch_size:(s + 1) * batch_size]
+        if not pad_remainder:
+            yield _take(arrays, idx, keys)
+            continue
+        real = len(idx)
+        batch = _take(arrays, np.concatenate([idx, np.repeat(idx[-1:], batch_size - real)]),
+                      keys)
+        batch["weight"] = (np.arange(batch_size) < real).astype(np.float32)
+        yield batch
 
 
 def train_stream(arrays: Dict[str, np.ndarray], batch_size: int, seed: int,
                  start_global_step: int = 0, num_steps: Optional[int] = None,
                  keys: Optional[Sequence[str]] = None,
-                 lengths: Optional[np.ndarray] = None) -> Iterator[Batch]:
+                 lengths: Optional[np.ndarray] = None,
+                 pad_remainder: bool = False) -> Iterator[Batch]:
     """Batches over consecutive epochs, starting after `start_global_step` steps.
 
     Equivalent to concatenating ``train_batches(..., epoch=e)`` for e = 0, 1, ...
     and skipping the first `start_global_step` batches (without computing them).
-    Stops after `num_steps` batches (None: never). ``lengths``: group by length
-    (see `train_batches`).
+    Stops after `num_steps` batches (None: never). ``lengths``: group by length;
+    ``pad_remainder``: keep each epoch's last partial batch, padded (see
+    `train_batches`).
     """
     n = num_examples(arrays)
-    spe = steps_per_epoch(n, batch_size)
+    spe = steps_per_epoch(n, batch_size, drop_remainder=not pad_remainder)
     epoch, step = resume_position(start_global_step, spe)
     done = 0
     while num_steps is None or done < num_steps:
         for batch in train_batches(arrays, batch_size, seed, epoch, start_step=step, keys=keys,
-                                   lengths=lengths):
+                                   lengths=lengths, drop_remainder=not pad_remainder,
+                                   pad_remainder=pad_remainder):
             if num_steps is not None and done >= num_steps:
                 return
             yield batch
