@@ -50,7 +50,8 @@ def logit_mse(student_logits: Array, teacher_logits: Array,
 
 
 def hidden_mse(student_hidden: Sequence[Array], teacher_hidden: Sequence[Array],
-               teacher_indices: Sequence[int], mask: Optional[Array] = None) -> Array:
+               teacher_indices: Sequence[int], mask: Optional[Array] = None,
+               weights: Optional[Array] = None) -> Array:
     """Sum over the student's hidden states of the MSE to the aligned teacher state.
 
     Args:
@@ -59,10 +60,14 @@ def hidden_mse(student_hidden: Sequence[Array], teacher_hidden: Sequence[Array],
       teacher_indices: ``SubNet.teacher_hidden_indices``: student state ``m`` is matched
         to teacher state ``teacher_indices[m]``.
       mask: optional ``[batch, seq]``; when given, only masked-in positions count.
+      weights: optional ``[batch]``; rows of weight 0 (padding examples) do not count.
     """
     if len(student_hidden) != len(teacher_indices):
         raise ValueError(f"{len(student_hidden)} student hidden states but "
                          f"{len(teacher_indices)} teacher indices")
+    if weights is not None:   # every position of the weighted rows
+        rows = jnp.broadcast_to(weights[:, None], student_hidden[0].shape[:2])
+        mask = rows if mask is None else mask * rows
     total = jnp.float32(0.0)
     for s, t_index in zip(student_hidden, teacher_indices):
         t = jax.lax.stop_gradient(teacher_hidden[t_index]).astype(jnp.float32)

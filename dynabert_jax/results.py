@@ -275,9 +275,9 @@ def task_markdown(record: Mapping, image: Optional[str] = None) -> str:
     trim = setup.get("pad_to_multiple_of") or 0
     grouped = "grouped by length and " if setup.get("group_by_length") else ""
     batches = f" (training batches {grouped}cut to a multiple of {trim} tokens)" if trim else ""
-    accum = ", ".join(f"{k} {v['grad_accum_steps']}" for k, v in st.items()
-                      if v.get("grad_accum_steps"))
-    accum = f" (batches accumulated per update: {accum})" if accum else ""
+    accumulating = ", ".join(f"{k} {v['grad_accum_steps']}" for k, v in st.items()
+                             if v.get("grad_accum_steps"))
+    accum = f" (batches accumulated per update: {accumulating})" if accumulating else ""
     lines.append(f"- Data: {used} (seed {setup.get('seed')}); dev: {dev or '?'} examples "
                  f"(whole); seq "
                  f"{setup.get('max_seq_length')}{batches}; batch "

@@ -177,12 +177,9 @@ def student_loss(model: DynaBertModel, params, batch, subnet: SubNet, spec: Loss
         loss += spec.lambda_logit * losses.logit_mse(out.logits, teacher_out.logits, weights)
     if spec.lambda_hidden:
         mask = batch["attention_mask"] if spec.mask_padding else None
-        if weights is not None:   # every position of the real rows
-            rows = jnp.broadcast_to(weights[:, None], batch["attention_mask"].shape)
-            mask = rows if mask is None else mask * rows
         loss += spec.lambda_hidden * losses.hidden_mse(
             out.hidden_states, teacher_out.hidden_states,
-            subnet.teacher_hidden_indices(cfg), mask)
+            subnet.teacher_hidden_indices(cfg), mask, weights)
     if spec.label_loss:
         loss += losses.task_loss(cfg.head, out.logits, batch)
     return loss
@@ -199,14 +196,6 @@ def micro_batches(batch, accum_steps: int):
         x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
         return jnp.swapaxes(x, 0, 1)
     return {k: split(v) for k, v in batch.items()}
-
-
-def _clip(tree, max_norm: float):
-    """``tree`` scaled to global norm ``max_norm`` if its norm is above it (optax's and
-    ``clip_grad_norm_``'s rule); also returns the norm before clipping."""
-    norm = optax.tree.norm(tree)
-    scale = jnp.where(norm < max_norm, 1.0, max_norm / jnp.where(norm < max_norm, 1.0, norm))
-    return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), tree), norm
 
 
 def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: LossSpec,
@@ -229,6 +218,8 @@ def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: Loss
     if int(accum_steps) != accum_steps or accum_steps < 1:
         raise ValueError(f"accum_steps must be a positive integer, got {accum_steps!r}")
     cfg = model.config
+    partial_clip = (None if partial_clip_norm is None
+                    else optax.clip_by_global_norm(partial_clip_norm))
 
     def teacher_outputs(teacher_params, batch):
         if spec.kind != "distill":
@@ -288,9 +279,9 @@ def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: Loss
                 g, micro_losses = summed_gradient(state.params, teacher_params, micro,
                                                   jax.random.fold_in(key, index))
                 acc = jax.tree_util.tree_map(lambda a, b: a + b / accum_steps, acc, g)
-                if partial_clip_norm is None:
-                    return acc, (micro_losses, jnp.float32(0.0))
-                acc, norm = _clip(acc, partial_clip_norm)
+                norm = optax.tree.norm(acc)
+                if partial_clip is not None:
+                    acc, _ = partial_clip.update(acc, partial_clip.init(acc))
                 return acc, (micro_losses, norm)
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
@@ -298,8 +289,7 @@ def make_train_step(model: DynaBertModel, students: Sequence[SubNet], spec: Loss
                 one_micro_batch, zeros,
                 (jnp.arange(accum_steps), micro_batches(batch, accum_steps)))
             losses_arr = jnp.mean(micro_losses, axis=0)
-            # before the last clip (the optimizer's own clip then changes nothing)
-            grad_norm = norms[-1] if partial_clip_norm is not None else optax.tree.norm(grads)
+            grad_norm = norms[-1]   # before its last clip (the optimizer's then does nothing)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": jnp.sum(losses_arr), "losses": losses_arr, "grad_norm": grad_norm}

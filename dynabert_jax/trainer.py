@@ -928,6 +928,11 @@ _TRAIN_SECTIONS = {"teacher": ("teacher",), "width": ("width",),
                    "direct": ("direct",), "no_rewire": ("width", "width_depth")}
 
 
+def _train_sections(stages: Sequence[str]) -> list:
+    """The config sections the given stages train with, each once, in order."""
+    return list(dict.fromkeys(sec for st in stages for sec in _TRAIN_SECTIONS.get(st, ())))
+
+
 def _check_run_options(config, stages: Sequence[str]) -> None:
     """Options that would otherwise fail only once their stage starts, perhaps after
     hours of an earlier one: the compute dtype, rewiring's accumulation, the device count,
@@ -954,7 +959,7 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
     if n > available:
         raise ConfigError(f"config.mesh.num_devices={n}, but only {available} device(s) "
                           f"exist")
-    sections = list(dict.fromkeys(sec for st in stages for sec in _TRAIN_SECTIONS.get(st, ())))
+    sections = _train_sections(stages)
     sizes = {f"config.{sec}.batch_size": config[sec].batch_size for sec in sections}
     sizes["config.eval_batch_size"] = config.eval_batch_size
     for name, size in sizes.items():
@@ -979,7 +984,7 @@ def _check_updates_fit(ctx: Context, stages: Sequence[str]) -> None:
     later."""
     if ctx.config.data.keep_partial_batch:
         return
-    for sec in dict.fromkeys(sec for st in stages for sec in _TRAIN_SECTIONS.get(st, ())):
+    for sec in _train_sections(stages):
         n = data.num_examples(ctx.train_arrays(sec))
         s = ctx.config[sec]
         if n < s.batch_size * s.grad_accum_steps:

@@ -126,6 +126,16 @@ def _take(arrays: Dict[str, np.ndarray], idx: np.ndarray, keys: Optional[Sequenc
     return {k: arrays[k][idx] for k in (keys or arrays)}
 
 
+def _take_padded(arrays: Dict[str, np.ndarray], idx: np.ndarray, batch_size: int,
+                 keys: Optional[Sequence[str]]) -> Batch:
+    """The rows ``idx`` filled up to ``batch_size`` with copies of the last one, and
+    ``weight``: float32 ``[batch_size]``, 1 for a row of ``idx``, 0 for a copy."""
+    real = len(idx)
+    batch = _take(arrays, np.concatenate([idx, np.repeat(idx[-1:], batch_size - real)]), keys)
+    batch["weight"] = (np.arange(batch_size) < real).astype(np.float32)
+    return batch
+
+
 def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epoch: int,
                   start_step: int = 0, drop_remainder: bool = True, shuffle: bool = True,
                   keys: Optional[Sequence[str]] = None,
@@ -172,21 +182,15 @@ def train_batches(arrays: Dict[str, np.ndarray], batch_size: int, seed: int, epo
         lengths = np.asarray(lengths)
         if lengths.shape != (n,):
             raise ValueError(f"lengths has shape {lengths.shape}, want ({n},)")
-        full = (n // batch_size) * batch_size
+        full = (n // batch_size) * batch_size   # the remainder, if kept, stays last
         order = np.concatenate([
             _grouped_order(order[:full], lengths, batch_size, group_batches,
                            np.random.default_rng([int(seed), int(epoch), 1])),
-            order[full:] if pad_remainder else order[:0]])
+            order[full:]])
     for s in range(start_step, steps):
         idx = order[s * batch_size:(s + 1) * batch_size]
-        if not pad_remainder:
-            yield _take(arrays, idx, keys)
-            continue
-        real = len(idx)
-        batch = _take(arrays, np.concatenate([idx, np.repeat(idx[-1:], batch_size - real)]),
-                      keys)
-        batch["weight"] = (np.arange(batch_size) < real).astype(np.float32)
-        yield batch
+        yield (_take_padded(arrays, idx, batch_size, keys) if pad_remainder
+               else _take(arrays, idx, keys))
 
 
 def train_stream(arrays: Dict[str, np.ndarray], batch_size: int, seed: int,
@@ -236,13 +240,7 @@ def eval_batches(arrays: Dict[str, np.ndarray], batch_size: int,
     if n == 0:
         return
     for lo in range(0, n, batch_size):
-        hi = min(n, lo + batch_size)
-        idx = np.arange(lo, lo + batch_size)
-        weight = (idx < hi).astype(np.float32)
-        idx = np.minimum(idx, hi - 1)
-        batch = _take(arrays, idx, keys)
-        batch["weight"] = weight
-        yield batch
+        yield _take_padded(arrays, np.arange(lo, min(n, lo + batch_size)), batch_size, keys)
 
 
 def unpad(values, weight) -> np.ndarray:
