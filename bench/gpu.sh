@@ -27,6 +27,12 @@
 #   bash bench/gpu.sh OUTDIR augment                 # the data augmentation's masked-LM
 #                                                    # queries on the GPU, batch 16-256
 #
+#   bash bench/gpu.sh OUTDIR lease                   # what is still unmeasured, most wanted
+#                                                    # first, within one call (LEASE_SECONDS,
+#                                                    # 560): latency-minilm, then
+#                                                    # train-bf16-bert-stage2, mfu-dropout,
+#                                                    # latency-bert, mfu-rbg (below)
+#
 #   bash bench/gpu.sh OUTDIR results TASK            # docs/results.md at full size: the
 #                                                    # official recipe on TASK's whole training
 #                                                    # set, in bf16 (below)
@@ -51,6 +57,7 @@ out=${1:?usage: bench/gpu.sh OUTDIR PART [MINILM_DIR | TASK]}
 part=${2:?PART: see the head of bench/gpu.sh}
 arg=${3:-}
 py=${PYTHON:-python3}
+self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 PEAK_BF16=${PEAK_BF16:-989.4}
 PEAK_FP32=${PEAK_FP32:-66.9}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -102,7 +109,23 @@ results() {  # $1: task; see the head of this file
   return "$rc"
 }
 
+lease() {  # the parts in order while time is left; each one stopped at what remains
+  local end=$((SECONDS + ${LEASE_SECONDS:-560})) p need left
+  # minimum seconds worth starting a part with (H100 estimates: compiling dominates)
+  for p in latency-minilm:150 train-bf16-bert-stage2:150 mfu-dropout:90 latency-bert:200 \
+           mfu-rbg:90; do
+    need=${p#*:} p=${p%%:*} left=$((end - SECONDS))
+    if [ "$left" -lt "$need" ]; then
+      echo "lease: $left s left, not starting $p (needs about $need s)"; continue
+    fi
+    echo "lease: $p with at most $left s" | tee -a "$out/lease.log"
+    timeout -k 15 "$left" bash "$self" "$out" "$p"
+    echo "lease: $p ended with status $? at $SECONDS s" | tee -a "$out/lease.log"
+  done
+}
+
 case $part in
+  lease) lease ;;
   latency-bert) latency bert-base ;;
   latency-minilm) latency minilm ;;
   train-bf16-minilm) train bf16-minilm "${bf16[@]}" --shapes minilm ;;

@@ -109,3 +109,16 @@ def test_per_seed_accuracies_are_whole_dev_examples():
     assert len(found) > 300, len(found)   # the tables are still found
     bad = [(t, n, v) for t, n, v in found if v not in shown[t]]
     assert not bad, f"not a whole number of dev examples (task, line, value): {bad}"
+
+
+def test_gpu_parts_named_in_docs_exist():
+    # `bash bench/gpu.sh OUT PART` in the docs, and the parts `lease` runs, must be parts
+    # of the script: a renamed part would only show on a GPU lease, too late to fix.
+    script = (ROOT / "bench" / "gpu.sh").read_text()
+    parts = set(re.findall(r"^  ([a-z0-9-]+)\)", script, re.M))
+    assert {"lease", "results", "latency-minilm"} <= parts
+    named = {m for doc in DOCS
+             for m in re.findall(r"gpu\.sh +\$?[A-Z]+ +([a-z0-9-]+)", doc.read_text())}
+    (lease,) = re.findall(r"for p in (.*?); do", script, re.S)
+    named |= {p.split(":")[0] for p in lease.replace("\\", " ").split()}
+    assert named and not named - parts, f"not parts of bench/gpu.sh: {named - parts}"
