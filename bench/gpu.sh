@@ -12,6 +12,9 @@
 #   bash bench/gpu.sh OUTDIR train-bf16-bert-b128    # stage 1 at batch 128, for MFU (200 s)
 #   bash bench/gpu.sh OUTDIR train-bf16-bert-stage2  # stage 2, batch 32
 #   bash bench/gpu.sh OUTDIR train-fp32              # IEEE float32, both shapes, stages 1/2
+#   bash bench/gpu.sh OUTDIR mfu-profile             # stage 1 at batch 128, ours only, with
+#                                                    # device time per kind of work (kernels
+#                                                    # by HLO op: bench/xla_profile.py)
 #   bash bench/gpu.sh OUTDIR mfu-dropout             # stage 1 at batch 128 without dropout,
 #                                                    # ours only: dropout's share of a step
 #   bash bench/gpu.sh OUTDIR mfu-rbg                 # the same with dropout's bits from XLA's
@@ -29,9 +32,9 @@
 #
 #   bash bench/gpu.sh OUTDIR lease                   # what is still unmeasured, most wanted
 #                                                    # first, within one call (LEASE_SECONDS,
-#                                                    # 560): latency-minilm, then
-#                                                    # train-bf16-bert-stage2, mfu-dropout,
-#                                                    # latency-bert, mfu-rbg (below)
+#                                                    # 560): latency-minilm (bf16 and fp32),
+#                                                    # mfu-profile, train-bf16-bert-stage2,
+#                                                    # mfu-dropout, latency-bert, mfu-rbg
 #
 #   bash bench/gpu.sh OUTDIR results TASK            # docs/results.md at full size: the
 #                                                    # official recipe on TASK's whole training
@@ -83,7 +86,7 @@ import dynabert_jax"
 
 latency() {  # $1: shape; JAX and PyTorch share the GPU in one process: JAX takes 45%
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$py" bench/latency.py --gpu-protocol --shapes "$1" \
-    --dtype bfloat16,float32,tf32 ${minilm:+--minilm-dir "$minilm"} \
+    --dtype "${LATENCY_DTYPES:-bfloat16,float32,tf32}" ${minilm:+--minilm-dir "$minilm"} \
     --out "$out/latency-gpu-$1.json" 2>&1 | tee "$out/latency-$1.log"
 }
 train() {  # $1: name, then train_throughput.py arguments
@@ -112,14 +115,15 @@ results() {  # $1: task; see the head of this file
 lease() {  # the parts in order while time is left; each one stopped at what remains
   local end=$((SECONDS + ${LEASE_SECONDS:-560})) p need left
   # minimum seconds worth starting a part with (H100 estimates: compiling dominates)
-  for p in latency-minilm:150 train-bf16-bert-stage2:150 mfu-dropout:90 latency-bert:200 \
-           mfu-rbg:90; do
+  # (an H100's compile times: 160 s for BERT-base's stage-1 step, ~330 s for stage 2)
+  for p in latency-minilm:240 mfu-profile:200 train-bf16-bert-stage2:400 mfu-dropout:200 \
+           latency-bert:500 mfu-rbg:200; do
     need=${p#*:} p=${p%%:*} left=$((end - SECONDS))
     if [ "$left" -lt "$need" ]; then
       echo "lease: $left s left, not starting $p (needs about $need s)"; continue
     fi
     echo "lease: $p with at most $left s" | tee -a "$out/lease.log"
-    timeout -k 15 "$left" bash "$self" "$out" "$p"
+    LATENCY_DTYPES=bfloat16,float32 timeout -k 15 "$left" bash "$self" "$out" "$p"
     echo "lease: $p ended with status $? at $SECONDS s" | tee -a "$out/lease.log"
   done
 }
@@ -135,12 +139,15 @@ case $part in
   train-bf16-bert-stage2) train bf16-bert-stage2 "${bf16[@]}" --shapes bert-base --stages 2 ;;
   train-fp32)
     train fp32 --dtype float32 --peak-tflops "$PEAK_FP32" --steps 5 --stages 1,2 ;;
+  mfu-profile)
+    train bf16-bert-b128-profile "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
+      --frameworks jax --profile 2 ;;
   mfu-dropout)
     train bf16-bert-b128-nodropout "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
-      --dropout 0 --frameworks jax ;;
+      --dropout 0 --frameworks jax --profile 2 ;;
   mfu-rbg)
     train bf16-bert-b128-rbg "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
-      --dropout-prng rbg --frameworks jax ;;
+      --dropout-prng rbg --frameworks jax --profile 2 ;;
   train-accum)
     train bf16-bert-accum4 "${bf16[@]}" --shapes bert-base --stages 1 --batch 32 --accum 4 \
       --frameworks jax ;;

@@ -29,18 +29,16 @@ runs/bench/profile_forward.json).
 """
 import argparse
 import collections
-import glob
 import os
 import pathlib
-import re
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+from xla_profile import hlo_instructions, profile_ops  # noqa: E402  (bench/)
 
 CATEGORIES = ("attention projections", "FFN up", "FFN down", "attention core", "GELU",
               "LayerNorm, residual, bias", "embeddings", "transposes and copies",
@@ -70,35 +68,13 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------
 
 
-def hlo_instructions(hlo_text: str):
-    """``{computation: [(name, opcode, op_name, called computation)]}`` of a compiled
-    module's text."""
-    comps, current = {}, None
-    head = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
-    instr = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(")
-    for line in hlo_text.splitlines():
-        m = head.match(line)
-        if m and not line.startswith(" "):
-            current = m.group(1)
-            comps[current] = []
-            if line.startswith("ENTRY"):
-                comps["__entry__"] = comps[current]
-            continue
-        m = instr.match(line)
-        if m and current is not None:
-            op_name = re.search(r'op_name="([^"]*)"', line)
-            calls = re.search(r"calls=%([\w.\-]+)", line)
-            comps[current].append((m.group(1), m.group(2),
-                                   op_name.group(1) if op_name else "",
-                                   calls.group(1) if calls else None))
-    return comps
-
-
 def categorize(comps):
     """``category(name)`` of the entry computation's instructions (see `CATEGORIES`)."""
     entry = {i[0]: i for i in comps.get("__entry__", [])}
 
     def category(name: str) -> str:
+        if name not in entry:
+            return "other"
         _, opcode, op_name, calls = entry[name]
         inner = comps.get(calls, []) if calls else []
         dots = [i[2] for i in inner if i[1] == "dot"] + ([op_name] if opcode == "dot" else [])
@@ -132,35 +108,15 @@ def categorize(comps):
 
 def profile_ours(forward, args_, calls: int):
     """``(wall ms per forward, {category: ms per forward}, [(ms, name, category)])``."""
-    import jax
-
-    for _ in range(2):
-        jax.block_until_ready(forward(*args_))
-    comps = hlo_instructions(forward.lower(*args_).compile().as_text())
-    category = categorize(comps)
-    entry = {i[0] for i in comps.get("__entry__", [])}
-    walls = []
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d):
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                jax.block_until_ready(forward(*args_))
-                walls.append(time.perf_counter() - t0)
-        (path,) = glob.glob(f"{d}/**/*.xplane.pb", recursive=True)
-        data = jax.profiler.ProfileData.from_file(path)
-    per_op = collections.Counter()
-    for plane in data.planes:
-        for line in plane.lines:
-            for ev in line.events:
-                if ev.name in entry:
-                    per_op[ev.name] += ev.duration_ns / 1e6 / calls
+    text = forward.lower(*args_).compile().as_text()
+    category = categorize(hlo_instructions(text))
+    wall, per_op, _ = profile_ops(forward, args_, calls, text)
     cats = collections.Counter()
     ops = []
     for name, ms in per_op.items():
         cat = category(name)
         cats[cat] += ms
         ops.append((round(ms, 3), name, cat))
-    wall = 1e3 * statistics.mean(walls)
     cats["not in an operation"] = max(wall - sum(cats.values()), 0.0)
     return wall, dict(cats), sorted(ops, reverse=True)
 

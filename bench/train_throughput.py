@@ -23,6 +23,7 @@ softmax, LayerNorm, losses and the optimizer are not counted).
     python bench/train_throughput.py --steps minilm=3,bert-base=2      # per shape
     python bench/train_throughput.py --torch-device cuda --dtype bfloat16 --peak-tflops 989
     python bench/train_throughput.py --frameworks jax --accum 4      # ours, 4 x 32 per update
+    python bench/train_throughput.py --frameworks jax --profile 2    # + time per kind of work
 
 ``--dtype``: float32, tf32 or bfloat16 in both frameworks, as ``bench/precisions.py``
 defines them (weights, gradients and the optimizer stay float32 in both). MFU = model
@@ -95,7 +96,7 @@ def students_of(dj, stage: str):
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
                warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
                dropout: float = 0.1, dropout_prng: str = "threefry2x32",
-               accum: int = 1) -> dict:
+               accum: int = 1, profile: int = 0) -> dict:
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
@@ -156,6 +157,25 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
            "examples_per_s": rows / med, "xla_memory": mem,
            "max_rss_mib": round(max_rss_mib(), 1),
            "last_losses": [float(x) for x in np.asarray(m["losses"])]}
+    if profile:   # after the timing, so the profiler costs the timed steps nothing
+        import xla_profile
+
+        holder = [state]
+
+        def one_step():
+            holder[0], metrics = compiled(holder[0], teacher, b, rng)
+            return holder[0], metrics
+
+        text = compiled.as_text()
+        try:
+            wall, per_op, _ = xla_profile.profile_ops(one_step, (), profile, text)
+        except Exception as e:   # the timing above stands without it
+            out["profile_error"] = f"{type(e).__name__}: {e}"
+        else:
+            comps = xla_profile.hlo_instructions(text)
+            out["profile"] = xla_profile.summarise_ops(
+                per_op, xla_profile.step_category(comps), wall, comps)
+            out["profile"]["steps"] = profile
     try:
         ms = dev.memory_stats()
         if ms and "peak_bytes_in_use" in ms:
@@ -281,6 +301,24 @@ def print_table(shape, rows, peak_tflops):
               f"{fmt(s.get('torch_gflops_per_s'), '{:.1f}')} | {mfu} |", flush=True)
 
 
+def print_profiles(shape, rows):
+    """Device time per kind of work in one step of ours (rows run with --profile)."""
+    rows = [r for r in rows if (r.get("ours") or {}).get("profile")]
+    if not rows:
+        return
+    cats = list(dict.fromkeys(c for r in rows for c in r["ours"]["profile"]["categories"]))
+    print(f"\n**{shape}: ms per step of ours, by kind of work (share of the operations' "
+          f"time)**\n")
+    print("| stage | " + " | ".join(cats) + " | operations | step (profiled) |")
+    print("|---" * (len(cats) + 3) + "|")
+    for r in rows:
+        p = r["ours"]["profile"]
+        cells = [f"{p['categories'].get(c, 0):.1f} ({p['categories'].get(c, 0) / p['ops_ms']:.0%})"
+                 for c in cats]
+        print(f"| {r['stage']} | " + " | ".join(cells)
+              + f" | {p['ops_ms']:.1f} | {p['wall_ms']:.1f} |")
+
+
 def versions() -> dict:
     from importlib import metadata
 
@@ -336,6 +374,9 @@ def main():
     ap.add_argument("--rolled-threefry", action="store_true",
                     help="keep JAX's default (rolled) Threefry lowering on CPU instead of "
                          "the trainer's unrolled one (dynabert_jax/cpu_rng.py)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile N more steps of ours (after the timed ones) and "
+                         "report device time per kind of work (bench/xla_profile.py)")
     ap.add_argument("--out", default="runs/bench/train_throughput.json")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows and parity results of --out for the shapes and "
@@ -350,7 +391,8 @@ def main():
         res = jax_worker(args.shape, args.stage, args.batch, args.seq, int(args.steps),
                          args.warmup, unroll_threefry=not args.rolled_threefry,
                          dtype=args.dtype, dropout=args.dropout,
-                         dropout_prng=args.dropout_prng, accum=args.accum)
+                         dropout_prng=args.dropout_prng, accum=args.accum,
+                         profile=args.profile)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -393,7 +435,8 @@ def main():
     common = ["--batch", args.batch, "--seq", args.seq, "--warmup", args.warmup,
               "--dtype", args.dtype, "--dropout", args.dropout]
     jax_flags = (["--rolled-threefry"] if args.rolled_threefry else []) + [
-        "--dropout-prng", args.dropout_prng, "--accum", args.accum]
+        "--dropout-prng", args.dropout_prng, "--accum", args.accum,
+        "--profile", args.profile]
     for i, shape in enumerate(shapes):
         if "torch" in frameworks and (args.parity == "all"
                                       or (args.parity == "first" and i == 0)):
@@ -430,6 +473,7 @@ def main():
             result["wall_s"] = round(time.perf_counter() - t_start, 1)
             write_atomic(out, result)
         print_table(shape, rows, args.peak_tflops)
+        print_profiles(shape, rows)
     if result.get("merged_from"):
         print("\nAll rows (merged with the earlier results in --out):")
         for shape in dict.fromkeys(r["shape"] for r in result["rows"]):
