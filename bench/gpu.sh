@@ -14,7 +14,9 @@
 #   bash bench/gpu.sh OUTDIR train-fp32              # IEEE float32, both shapes, stages 1/2
 #   bash bench/gpu.sh OUTDIR mfu-profile             # stage 1 at batch 128, ours only, with
 #                                                    # device time per kind of work (kernels
-#                                                    # by HLO op: bench/xla_profile.py)
+#                                                    # by HLO op: bench/xla_profile.py), XLA
+#                                                    # command buffers off (their kernels
+#                                                    # carry no HLO op); the others keep them
 #   bash bench/gpu.sh OUTDIR mfu-dropout             # stage 1 at batch 128 without dropout,
 #                                                    # ours only: dropout's share of a step
 #   bash bench/gpu.sh OUTDIR mfu-rbg                 # the same with dropout's bits from XLA's
@@ -139,8 +141,9 @@ case $part in
   train-bf16-bert-stage2) train bf16-bert-stage2 "${bf16[@]}" --shapes bert-base --stages 2 ;;
   train-fp32)
     train fp32 --dtype float32 --peak-tflops "$PEAK_FP32" --steps 5 --stages 1,2 ;;
-  mfu-profile)
-    train bf16-bert-b128-profile "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
+  mfu-profile)  # without command buffers, whose kernels the profile cannot attribute
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" \
+      train bf16-bert-b128-profile "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \
       --frameworks jax --profile 2 ;;
   mfu-dropout)
     train bf16-bert-b128-nodropout "${bf16[@]}" --shapes bert-base --stages 1 --batch 128 \

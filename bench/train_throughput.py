@@ -415,7 +415,7 @@ def main():
         "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": None, "host_cpu": cpu_name(), "cpus": os.cpu_count(),
-        "versions": versions(), "batch": args.batch, "accum": args.accum, "seq": args.seq,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": versions(), "batch": args.batch, "accum": args.accum, "seq": args.seq,
         "steps": steps_of, "warmup": args.warmup, "torch_threads": args.threads,
         "dtype": args.dtype, "torch_device": args.torch_device, "dropout": args.dropout,
         "dropout_prng": args.dropout_prng, "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,

@@ -7,7 +7,11 @@ Used by ``bench/profile_forward.py`` (the inference forward, by layer part) and
 instruction of its module, the time of the events that name it:
 
 * on GPU, the kernels and copies on the device planes (``/device:GPU:*``), each named
-  by its ``hlo_op`` stat (the fusion, custom call or copy that launched it);
+  by its ``hlo_op`` stat (the fusion, custom call or copy that launched it). Kernels run
+  from XLA's command buffers (CUDA graphs, on by default) carry no such stat and are
+  sorted by their kernel names only: profile with
+  ``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` for the attribution by operation
+  (openxla/xprof#3070), knowing that it times the step without command buffers;
 * on CPU, the thunk events of XLA's executor, named after the instruction. A ``while``,
   ``conditional`` or ``call`` event spans the operations of its body, which have their
   own events, so those are left out (a scan's body is counted once, in its operations).
@@ -81,7 +85,14 @@ def step_category(comps):
     table = all_instructions(comps)
 
     def category(name: str) -> str:
-        if name not in table:
+        if name not in table:   # a GPU kernel no instruction claims: by its name
+            low = name.lower()
+            if any(m in low for m in ("gemm", "xmma", "cutlass", "cublas", "matmul")):
+                return "products"
+            if "nccl" in low:
+                return "collectives"
+            if "memcpy" in low or "memset" in low:
+                return "copies and transposes"
             return "other"
         _, opcode, op_name, called = table[name]
         inner = [(i[1], i[2]) for i in _inside(comps, called)]
@@ -114,6 +125,16 @@ def step_category(comps):
         return "other"
 
     return category
+
+
+def _kernel_op(name: str, table):
+    """The instruction an event without an ``hlo_op`` stat names: on CPU the event's
+    name; on GPU a kernel of a fusion is named after it with ``_`` for ``.``
+    (``loop_add_fusion_1`` for ``loop_add_fusion.1``); else the event's own name."""
+    if name in table:
+        return name
+    dotted = re.sub(r"_(\d+)$", r".\1", name)
+    return dotted if dotted in table else name
 
 
 def profile_ops(fn, args, calls: int, hlo_text: str):
@@ -151,7 +172,7 @@ def profile_ops(fn, args, calls: int, hlo_text: str):
                 stats = dict(ev.stats)
                 if module and stats.get("hlo_module", module) != module:
                     continue
-                op = stats.get("hlo_op", ev.name if not gpu else None)
+                op = stats.get("hlo_op") or _kernel_op(ev.name, table)
                 if op is None:
                     continue
                 if op not in table:

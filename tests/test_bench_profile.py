@@ -42,3 +42,19 @@ def test_profile_ops_counts_each_operation_once_and_sorts_them():
     assert abs(sum(summary["categories"].values()) - summary["ops_ms"]) < 1e-2
     ms, name, cat, op_name = summary["top_ops"][0]
     assert name in per_op and cat == category(name) and op_name == table[name][2][-120:]
+
+
+def test_gpu_kernels_are_matched_to_operations_by_name():
+    # a GPU kernel without an hlo_op stat (run from a command buffer) is named after its
+    # fusion with "_" for "."; library kernels are sorted by their names
+    comps = xla_profile.hlo_instructions(
+        jax.jit(_step).lower(jax.random.PRNGKey(0), jnp.ones((8, 8)), jnp.eye(8))
+        .compile().as_text())
+    table = xla_profile.all_instructions(comps)
+    fusion = next(n for n, i in table.items() if i[1] == "fusion" and "." in n)
+    assert xla_profile._kernel_op(fusion.replace(".", "_"), table) == fusion
+    assert xla_profile._kernel_op("sm90_xmma_gemm_bf16", table) == "sm90_xmma_gemm_bf16"
+    category = xla_profile.step_category(comps)
+    assert category("(unnamed) sm90_xmma_gemm_bf16bf16_tn") == "products"
+    assert category("(unnamed) ncclDevKernel_AllReduce") == "collectives"
+    assert category("(unnamed) some_kernel") == "other"
