@@ -92,8 +92,11 @@ def main(argv):
         _flag_error(OSError(f"--config: {' '.join(str(e).split())}"))
     import jax
 
-    if config.distributed:
-        jax.distributed.initialize()
+    if config.distributed:   # explicit settings where given, else JAX's cluster detection
+        jax.distributed.initialize(
+            coordinator_address=config.get("coordinator_address") or None,
+            num_processes=config.get("num_processes") or None,
+            process_id=None if config.get("process_id", -1) < 0 else config.process_id)
     from dynabert_jax import trainer
 
     from dynabert_jax.checkpoint import CheckpointMismatchError

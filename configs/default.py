@@ -140,7 +140,13 @@ def get_config():
     c.mesh = ml_collections.ConfigDict()
     c.mesh.num_devices = 0   # 0: all devices
     c.mesh.fsdp = False      # shard parameters and optimizer state over the data axis
-    c.distributed = False    # multi-host: call jax.distributed.initialize()
+    # Several processes (hosts), one workdir that all of them see (orbax's checkpoints
+    # need it): jax.distributed.initialize(), which finds its settings on TPU, SLURM,
+    # Open MPI and Kubernetes; elsewhere give them here (docs/training.md, Devices).
+    c.distributed = False
+    c.coordinator_address = ""   # host:port of process 0
+    c.num_processes = 0
+    c.process_id = -1
 
     c.tensorboard = False
     c.progress = True

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dynabert_jax import sharding
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not belong to this run: another model shape, teacher or
@@ -36,7 +38,7 @@ def tree_checksum(tree: Any) -> str:
     """sha256 over the paths, shapes, dtypes and bytes of every leaf (host copy)."""
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        arr = np.asarray(jax.device_get(leaf))
+        arr = sharding.to_host(leaf)   # gathered when other processes hold parts of it
         h.update(jax.tree_util.keystr(path).encode())
         h.update(str((arr.shape, arr.dtype.str)).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
@@ -49,9 +51,22 @@ def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options)
 
 
+def _default_sharding() -> jax.sharding.Sharding:
+    """Where a restored array goes when the caller names no sharding: this process's
+    first device, or with several processes replicated over all devices. Never the
+    devices it was saved from, which need not exist here (a run trained on 8 GPUs,
+    exported on a laptop)."""
+    if jax.process_count() == 1:
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def _abstract(tree: Any) -> Any:
+    default = _default_sharding()
+
     def leaf(x):
-        sharding = getattr(x, "sharding", None)
+        sharding = getattr(x, "sharding", None) or default
         return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
     return jax.tree_util.tree_map(leaf, tree)
@@ -149,10 +164,22 @@ class StageCheckpoints:
         if step is None:
             raise FileNotFoundError(f"no best checkpoint in {self.directory / 'best'}: has "
                                     f"this stage run?")
-        args = ocp.args.StandardRestore(None if like is None else _abstract(like))
+        like = self._saved_shapes(step) if like is None else like
         out = self._best.restore(step, args=ocp.args.Composite(
-            params=args, meta=ocp.args.JsonRestore()))
+            params=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()))
         return out["params"], out["meta"]
+
+    def _saved_shapes(self, step: int) -> Any:
+        """The best parameters' shapes and dtypes, as saved (no sharding)."""
+        handlers = {"params": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler()}
+        manager = ocp.CheckpointManager(self.directory / "best", item_names=tuple(handlers),
+                                        item_handlers=handlers)
+        try:
+            saved = manager.item_metadata(step)["params"]
+        finally:
+            manager.close()
+        return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
 
     def _check_record(self, meta: dict, where: str) -> None:
         for key in ("model", "teacher_checksum", "task"):

@@ -33,16 +33,31 @@ def tensorboard_writer():
     return SummaryWriter
 
 
+def is_primary() -> bool:
+    """Whether this process writes a run's logs and tables: in a run over several
+    processes (``jax.distributed``) only process 0 does, since every process computes
+    the same rows and they share the workdir; checkpoints are orbax's, written by all."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 class MetricWriter:
     """Appends one JSON object per line to ``path``; optionally mirrors scalars to
-    TensorBoard (needs the ``tensorboard`` package)."""
+    TensorBoard (needs the ``tensorboard`` package). Writes nothing on processes other
+    than the first (`is_primary`)."""
 
     def __init__(self, path, tensorboard_dir: Optional[str] = None):
         self.path = pathlib.Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tb = tensorboard_writer()(tensorboard_dir) if tensorboard_dir else None
+        self._enabled = is_primary()
+        if self._enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = (tensorboard_writer()(tensorboard_dir)
+                    if tensorboard_dir and self._enabled else None)
 
     def write(self, step: int, **values) -> None:
+        if not self._enabled:
+            return
         record = {"step": int(step), "time": round(time.time(), 3), **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
@@ -53,7 +68,7 @@ class MetricWriter:
     def drop_after(self, step: int) -> None:
         """Remove the rows of steps after ``step`` (a run resumed from the checkpoint
         at ``step`` trains and logs them again)."""
-        if not self.path.is_file():
+        if not self._enabled or not self.path.is_file():
             return
         lines = self.path.read_text().splitlines()
         keep = [line for line in lines if not line.strip()
@@ -158,12 +173,13 @@ def plot_grid(record: Mapping, path) -> pathlib.Path:
 
 
 def write_grid(record: Mapping, directory, stem: str = "grid") -> Sequence[pathlib.Path]:
-    """``<directory>/<stem>.json``, ``.md`` and ``.png``; returns their paths."""
+    """``<directory>/<stem>.json``, ``.md`` and ``.png``; returns their paths (written by
+    the first process only, `is_primary`)."""
     directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    js = directory / f"{stem}.json"
-    write_text_atomic(js, json.dumps(record, indent=2) + "\n")
-    md = directory / f"{stem}.md"
-    md.write_text(markdown_table(record) + "\n")
-    png = plot_grid(record, directory / f"{stem}.png")
+    js, md, png = (directory / f"{stem}.{ext}" for ext in ("json", "md", "png"))
+    if is_primary():
+        directory.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(js, json.dumps(record, indent=2) + "\n")
+        write_text_atomic(md, markdown_table(record) + "\n")
+        plot_grid(record, png)
     return js, md, png

@@ -78,3 +78,13 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in batch.items()}
+
+
+def to_host(x) -> np.ndarray:
+    """A global array as a NumPy array on every process: a plain copy where this process
+    holds all of it (one process, or replicated), else gathered from the processes."""
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

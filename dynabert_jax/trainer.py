@@ -402,8 +402,9 @@ class Evaluator:
                 logits, weights = [], []
                 for batch in data.eval_batches(ctx.dev[split], self.batch_size):
                     inputs = {k: batch[k] for k in steps.MODEL_INPUTS}
-                    logits.append(np.asarray(self._fn(
-                        params, sharding.shard_batch(inputs, ctx.mesh), subnet)))
+                    logits.append(sharding.to_host(self._fn(
+                        params, sharding.shard_batch(_process_rows(inputs), ctx.mesh),
+                        subnet)))
                     weights.append(batch["weight"])
                 logits = data.unpad(np.concatenate(logits), np.concatenate(weights))
                 if ctx.task.name == "squad":
@@ -427,6 +428,17 @@ class Evaluator:
 # ----------------------------------------------------------------------------------
 
 
+def _progress(config) -> bool:
+    """Progress bars: as configured, on the first process only."""
+    return bool(config.progress) and report.is_primary()
+
+
+def _process_rows(batch):
+    """This process's rows of a global host batch (all of them in a single process), as
+    `sharding.shard_batch` takes them."""
+    return data.process_slice(batch) if jax.process_count() > 1 else batch
+
+
 def _copy(tree):
     return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
 
@@ -439,6 +451,15 @@ def _abstract_params(model: DynaBertModel):
     from dynabert_jax.modeling import init_params
 
     return jax.eval_shape(lambda: init_params(model))
+
+
+def _params_on_mesh(ctx: Context):
+    """The parameters' shapes, replicated over the run's mesh: how a stage's input is
+    restored, whatever devices its checkpoint was written from."""
+    repl = sharding.replicated(ctx.mesh)
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                                 sharding=repl),
+                                  _abstract_params(ctx.model))
 
 
 # Fields that change what a stage trains; compared when it resumes or is found finished
@@ -575,7 +596,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                                                 partial_clip_norm=partial_clip),
                           in_shardings=(state_sh, teacher_sh, batch_sh, repl),
                           out_shardings=(state_sh, repl), donate_argnums=0)
-        ex = sharding.shard_batch(data.cut_sequence(example, length), mesh)
+        ex = sharding.shard_batch(_process_rows(data.cut_sequence(example, length)), mesh)
         return step_fn.lower(state, teacher_params, ex, rng).compile()
 
     # One compiled step per batch length: just ``seq`` unless batches are trimmed
@@ -608,8 +629,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
 
     def host_batch(b):   # on the prefetch thread: trim (global batch), then this process's rows
         b = data.trim_padding(b, multiple) if multiple > 0 else b
-        b = data.interleave_micro_batches(b, accum)
-        return data.process_slice(b) if jax.process_count() > 1 else b
+        return _process_rows(data.interleave_micro_batches(b, accum))
 
     def step_for(length):
         if length not in compiled:
@@ -621,7 +641,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
 
     names = [s.name for s in students]
     bar = tqdm(total=total, initial=start, desc=stage, dynamic_ncols=True,
-               disable=not config.progress)
+               disable=not _progress(config))
     t_last, n_last = time.perf_counter(), 0
     try:
         with data.prefetch(stream, transform=host_batch) as batches:
@@ -655,7 +675,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                                  examples_per_second=eps, seq_len=length)
                     t_last, n_last = time.perf_counter(), 0
                 if done % eval_every == 0 or (done == total and eval_last):
-                    results = evaluator(state.params, students, progress=config.progress)
+                    results = evaluator(state.params, students, progress=_progress(config))
                     score = evaluator.score(results)
                     writer.write(done, stage=stage, eval={s.name: r for s, r in results.items()},
                                  score=score)
@@ -686,7 +706,7 @@ def _stage_output(ctx: Context, stage: str):
     if not (directory / "best").is_dir() or not any((directory / "best").iterdir()):
         raise FileNotFoundError(f"stage {stage!r} has no output in {directory}: run it "
                                 f"first (config.stage={stage!r} or 'all')")
-    return ckpt.load_params(directory, _abstract_params(ctx.model))
+    return ckpt.load_params(directory, _params_on_mesh(ctx))
 
 
 def teacher_params(ctx: Context):
@@ -729,7 +749,7 @@ def _teacher_eval(ctx: Context, params, known: Optional[Dict[str, float]] = None
             return cached["metrics"]
     if known is None:
         known = Evaluator(ctx, ctx.config.eval_batch_size)(
-            params, [FULL], ctx.config.progress)[FULL]
+            params, [FULL], _progress(ctx.config))[FULL]
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt.write_json_atomic(path, {"checksum": checksum, "metrics": known})
     return known
@@ -788,7 +808,7 @@ def stage_rewire(ctx: Context):
     try:
         info = store.best_info()
         if info is not None and all(info.get(k) == v for k, v in inputs.items()):
-            new, info = store.restore_best(_abstract_params(ctx.model))
+            new, info = store.restore_best(_params_on_mesh(ctx))
             print(f"rewire: done before with this teacher and settings, reused from "
                   f"{out / 'checkpoints'}; head order per layer: "
                   f"{np.asarray(info['head_order'])[:, :4].tolist()}...")
@@ -796,8 +816,9 @@ def stage_rewire(ctx: Context):
         batches = list(ctx.dev_batches(cfg.batch_size))   # a known total for the bar
         new, head_imp, neuron_imp = rewire.rewire_network(
             ctx.model, params, batches, accumulate=cfg.accumulate,
-            disable=not ctx.config.progress)
-        np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
+            disable=not _progress(ctx.config))
+        if report.is_primary():
+            np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
         head_order = np.argsort(-head_imp, axis=1, kind="stable")
         store.save_best(0, new, {"accumulate": cfg.accumulate,
                                  "head_order": head_order.tolist()})
@@ -903,7 +924,7 @@ def stage_eval(ctx: Context):
     params = _stage_output(ctx, source)[0]
     depths = ctx.config.depths if source != "width" else (1.0,)
     results = Evaluator(ctx, ctx.config.eval_batch_size)(
-        params, grid(ctx.config.widths, depths), ctx.config.progress)
+        params, grid(ctx.config.widths, depths), _progress(ctx.config))
     return _write_grid(ctx, "eval", results)
 
 
@@ -1108,11 +1129,12 @@ def train_and_evaluate(config, workdir):
         result = _STAGE_FNS[stage](ctx)
         seconds = time.perf_counter() - t0
         log.info("stage %s done in %.1f s", stage, seconds)
-        with open(workdir / "stages.jsonl", "a") as f:   # wall time per stage, per call
-            f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1),
-                                "time": round(time.time(), 1),
-                                "device": jax.devices()[0].device_kind,
-                                "num_devices": ctx.mesh.size}) + "\n")
+        if report.is_primary():
+            with open(workdir / "stages.jsonl", "a") as f:   # wall time per stage, per call
+                f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1),
+                                    "time": round(time.time(), 1),
+                                    "device": jax.devices()[0].device_kind,
+                                    "num_devices": ctx.mesh.size}) + "\n")
     return result
 
 

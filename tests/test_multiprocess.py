@@ -1,0 +1,95 @@
+"""Training over several processes (``--config.distributed=true``), as on several hosts:
+two CPU processes of one device each, sharing a workdir, against one process with two
+devices. Same global batches and the same mesh shape, so the results must be the same
+bits; and the run's files must be written once, and load on one device."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from dynabert_jax import trainer
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config_file(tmp_path, tiny_bert_dir):
+    # the trainer tests' tiny setup, with a 2 x 2 grid to keep the compiles few
+    path = tmp_path / "tiny_config.py"
+    path.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {TESTS!r})\n"
+        "from conftest import tiny_train_config\n\n"
+        "def get_config():\n"
+        f"    c = tiny_train_config({str(tiny_bert_dir)!r}, __import__('pathlib').Path("
+        f"{str(tmp_path)!r}), **{{'final.enabled': False}})\n"
+        "    c.widths = (1.0, 0.5)\n"
+        "    c.depths = (1.0, 0.5)\n"
+        "    return c\n")
+    return path
+
+
+def _train(config, workdir, *flags, devices=1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), f"--config={config}",
+         f"--workdir={workdir}", *flags],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(procs, timeout=900):
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+def test_two_processes_train_as_one_with_two_devices(tmp_path, tiny_bert_dir, glue_dir):
+    config = _config_file(tmp_path, tiny_bert_dir)
+    port = _free_port()
+    shared = tmp_path / "two_processes"
+    _wait([_train(config, shared, "--config.distributed=true",
+                  f"--config.coordinator_address=127.0.0.1:{port}",
+                  "--config.num_processes=2", f"--config.process_id={i}")
+           for i in range(2)])
+    single = tmp_path / "one_process"
+    _wait([_train(config, single, devices=2)])
+
+    stages = ("teacher", "rewire", "width", "width_depth")
+    assert json.loads((shared / "grid.json").read_text()) == \
+        json.loads((single / "grid.json").read_text())
+    for stage in stages:
+        # written on 2 devices, loaded here on 1 (the saved devices need not exist)
+        two, one = trainer.load_run(shared, stage), trainer.load_run(single, stage)
+        for a, b in zip(jax.tree_util.tree_leaves(two.params),
+                        jax.tree_util.tree_leaves(one.params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=stage)
+    # the logs are the first process's alone: one row per step, as in one process
+    for stage in ("teacher", "width", "width_depth"):
+        rows = (shared / stage / "metrics.jsonl").read_text().splitlines()
+        steps = [json.loads(r)["step"] for r in rows if "loss" in json.loads(r)]
+        assert steps == [1, 2], stage
+    lines = (shared / "stages.jsonl").read_text().splitlines()
+    assert [json.loads(x)["stage"] for x in lines] == list(stages)
+    assert not list(shared.rglob("*.tmp"))
