@@ -1,6 +1,6 @@
 """Training over several processes (``--config.distributed=true``), as on several hosts:
 two CPU processes of one device each, sharing a workdir, against one process with two
-devices. Same global batches and the same mesh shape, so the results must be the same
+devices, both with FSDP. Same global batches and the same mesh shape, so the results must be the same
 bits; and the run's files must be written once, and load on one device."""
 import json
 import os
@@ -44,11 +44,13 @@ def _config_file(tmp_path, tiny_bert_dir):
 
 
 def _train(config, workdir, *flags, devices=1):
+    # FSDP: the embeddings are split over the devices (so over the processes), the
+    # small arrays replicated: both kinds are gathered for checksums and checkpoints
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), f"--config={config}",
-         f"--workdir={workdir}", *flags],
+         f"--workdir={workdir}", "--config.mesh.fsdp=true", *flags],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
