@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from dynabert_jax import checkpoint as ckpt
 from dynabert_jax import trainer
 
 from conftest import REPO
@@ -87,6 +88,9 @@ def test_two_processes_train_as_one_with_two_devices(tmp_path, tiny_bert_dir, gl
         for a, b in zip(jax.tree_util.tree_leaves(two.params),
                         jax.tree_util.tree_leaves(one.params)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=stage)
+    # with no target given, at the shapes it was saved with
+    saved, _ = ckpt.load_params(shared / "width_depth" / "checkpoints")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, saved, two.params)
     # the logs are the first process's alone: one row per step, as in one process
     for stage in ("teacher", "width", "width_depth"):
         rows = (shared / stage / "metrics.jsonl").read_text().splitlines()
