@@ -142,7 +142,7 @@ def get_config():
     c.mesh.fsdp = False      # shard parameters and optimizer state over the data axis
     # Several processes (hosts), one workdir that all of them see (orbax's checkpoints
     # need it): jax.distributed.initialize(), which finds its settings on TPU, SLURM,
-    # Open MPI and Kubernetes; elsewhere give them here (docs/training.md, Devices).
+    # Open MPI and Kubernetes; elsewhere give them here (docs/training.md, Scale-out).
     c.distributed = False
     c.coordinator_address = ""   # host:port of process 0
     c.num_processes = 0
