@@ -116,8 +116,8 @@ results() {  # $1: task; see the head of this file
 
 lease() {  # the parts in order while time is left; each one stopped at what remains
   local end=$((SECONDS + ${LEASE_SECONDS:-560})) p need left
-  # minimum seconds worth starting a part with (H100 estimates: compiling dominates)
-  # (an H100's compile times: 160 s for BERT-base's stage-1 step, ~330 s for stage 2)
+  # part:seconds it needs to be worth starting, mostly compiling (on an H100: 160 s for
+  # BERT-base's stage-1 step, ~330 s for stage 2)
   for p in latency-minilm:240 mfu-profile:200 train-bf16-bert-stage2:400 mfu-dropout:200 \
            latency-bert:500 mfu-rbg:200; do
     need=${p#*:} p=${p%%:*} left=$((end - SECONDS))

@@ -22,6 +22,7 @@ with the elementwise work XLA fused into it), random bits, reductions, gathers a
 scatters, copies and transposes, collectives, elementwise.
 """
 import collections
+import functools
 import glob
 import re
 import statistics
@@ -32,9 +33,11 @@ CONTROL_FLOW = ("while", "conditional", "call")
 STEP_CATEGORIES = ("products", "random bits", "reductions", "gather / scatter",
                    "copies and transposes", "broadcasts", "collectives", "elementwise",
                    "other")
-_MATMUL_CALLS = ("gemm", "matmul", "cublas", "onednn", "ynn", "xnn", "triton")
+_MATMUL_KERNELS = ("gemm", "xmma", "cutlass", "cublas", "matmul")   # GPU kernel names
+_MATMUL_CALLS = _MATMUL_KERNELS + ("onednn", "ynn", "xnn", "triton")  # custom-call targets
 
 
+@functools.lru_cache(maxsize=2)   # a caller and profile_ops parse the same module
 def hlo_instructions(hlo_text: str):
     """``{computation: [(name, opcode, op_name, called computation)]}`` of a compiled
     module's text; ``"__entry__"`` is the entry computation."""
@@ -87,7 +90,7 @@ def step_category(comps):
     def category(name: str) -> str:
         if name not in table:   # a GPU kernel no instruction claims: by its name
             low = name.lower()
-            if any(m in low for m in ("gemm", "xmma", "cutlass", "cublas", "matmul")):
+            if any(m in low for m in _MATMUL_KERNELS):
                 return "products"
             if "nccl" in low:
                 return "collectives"
@@ -173,8 +176,6 @@ def profile_ops(fn, args, calls: int, hlo_text: str):
                 if module and stats.get("hlo_module", module) != module:
                     continue
                 op = stats.get("hlo_op") or _kernel_op(ev.name, table)
-                if op is None:
-                    continue
                 if op not in table:
                     if gpu:   # a kernel of the module that names no instruction
                         per_op[f"(unnamed) {ev.name[:60]}"] += ev.duration_ns / 1e6 / calls

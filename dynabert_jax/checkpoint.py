@@ -58,16 +58,15 @@ def _default_sharding() -> jax.sharding.Sharding:
     exported on a laptop)."""
     if jax.process_count() == 1:
         return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return sharding.replicated(sharding.make_mesh())
 
 
 def _abstract(tree: Any) -> Any:
     default = _default_sharding()
 
     def leaf(x):
-        sharding = getattr(x, "sharding", None) or default
-        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+        where = getattr(x, "sharding", None) or default
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=where)
 
     return jax.tree_util.tree_map(leaf, tree)
 
