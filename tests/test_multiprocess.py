@@ -1,12 +1,15 @@
 """Training over several processes (``--config.distributed=true``), as on several hosts:
 two CPU processes of one device each, sharing a workdir, against one process with two
 devices, both with FSDP. Same global batches and the same mesh shape, so the results must be the same
-bits; and the run's files must be written once, and load on one device."""
+bits, also when both processes are killed mid-stage and started again (as a scheduler
+restarts a job that lost a host); and the run's files must be written once, and load on
+one device."""
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -40,6 +43,8 @@ def _config_file(tmp_path, tiny_bert_dir):
         f"{str(tmp_path)!r}), **{{'final.enabled': False}})\n"
         "    c.widths = (1.0, 0.5)\n"
         "    c.depths = (1.0, 0.5)\n"
+        "    c.width_depth.max_steps = 8\n"
+        "    c.checkpoint_every = 1\n"
         "    return c\n")
     return path
 
@@ -53,6 +58,35 @@ def _train(config, workdir, *flags, devices=1):
         [sys.executable, str(REPO / "train.py"), f"--config={config}",
          f"--workdir={workdir}", "--config.mesh.fsdp=true", *flags],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _two_processes(config, workdir):
+    port = _free_port()
+    return [_train(config, workdir, "--config.distributed=true",
+                   f"--config.coordinator_address=127.0.0.1:{port}",
+                   "--config.num_processes=2", f"--config.process_id={i}")
+            for i in range(2)]
+
+
+def _kill_mid_stage(procs, latest, at_least=3, timeout=600):
+    """SIGKILL every process once the stage's latest checkpoint reaches ``at_least``;
+    returns that step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        done = [int(d.name) for d in latest.glob("*") if d.name.isdigit()] \
+            if latest.is_dir() else []
+        if done and max(done) >= at_least:
+            for p in reversed(procs):   # the second host first, then the coordinator
+                p.kill()
+            for p in procs:
+                p.wait()
+            return max(done)
+        time.sleep(0.02)
+    outs = [p.communicate(timeout=60)[0] if p.poll() is not None else "" for p in procs]
+    for p in procs:
+        p.kill()
+    raise AssertionError("the run was not killed mid-stage:\n" + "\n".join(
+        out[-3000:] for out in outs))
 
 
 def _wait(procs, timeout=900):
@@ -70,12 +104,13 @@ def _wait(procs, timeout=900):
 
 def test_two_processes_train_as_one_with_two_devices(tmp_path, tiny_bert_dir, glue_dir):
     config = _config_file(tmp_path, tiny_bert_dir)
-    port = _free_port()
     shared = tmp_path / "two_processes"
-    _wait([_train(config, shared, "--config.distributed=true",
-                  f"--config.coordinator_address=127.0.0.1:{port}",
-                  "--config.num_processes=2", f"--config.process_id={i}")
-           for i in range(2)])
+    # killed in the last stage, after the first three ran whole; the same command resumes
+    killed_at = _kill_mid_stage(_two_processes(config, shared),
+                                shared / "width_depth" / "checkpoints" / "latest")
+    assert killed_at < 8
+    outs = _wait(_two_processes(config, shared))
+    assert "width_depth: resuming at step" in outs[0], outs[0][-3000:]
     single = tmp_path / "one_process"
     _wait([_train(config, single, devices=2)])
 
@@ -91,11 +126,12 @@ def test_two_processes_train_as_one_with_two_devices(tmp_path, tiny_bert_dir, gl
     # with no target given, at the shapes it was saved with
     saved, _ = ckpt.load_params(shared / "width_depth" / "checkpoints")
     jax.tree_util.tree_map(np.testing.assert_array_equal, saved, two.params)
-    # the logs are the first process's alone: one row per step, as in one process
-    for stage in ("teacher", "width", "width_depth"):
+    # the logs are the first process's alone: one row per step, as in one process, and
+    # the rows the killed run logged after its last checkpoint are not there twice
+    for stage, n in (("teacher", 2), ("width", 2), ("width_depth", 8)):
         rows = (shared / stage / "metrics.jsonl").read_text().splitlines()
         steps = [json.loads(r)["step"] for r in rows if "loss" in json.loads(r)]
-        assert steps == [1, 2], stage
+        assert steps == list(range(1, n + 1)), stage
+    # one row per stage and call: the killed call finished three, the second all four
     lines = (shared / "stages.jsonl").read_text().splitlines()
-    assert [json.loads(x)["stage"] for x in lines] == list(stages)
-    assert not list(shared.rglob("*.tmp"))
+    assert [json.loads(x)["stage"] for x in lines] == list(stages[:3] + stages)
