@@ -147,6 +147,9 @@ def get_config():
     c.coordinator_address = ""   # host:port of process 0
     c.num_processes = 0
     c.process_id = -1
+    # seconds each process waits to see a file process 0 wrote in the workdir, before
+    # the run stops with "not one folder shared by every process" (instead of hanging)
+    c.shared_workdir_timeout = 60.0
 
     c.tensorboard = False
     c.progress = True

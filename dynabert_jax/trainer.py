@@ -1105,10 +1105,47 @@ def _check_workdir_task(config, workdir: pathlib.Path) -> None:
                           f"this config is task {config.task!r}. Use another --workdir")
 
 
+def _check_workdir_shared(workdir: pathlib.Path, timeout: float) -> None:
+    """Over several processes the workdir must be one folder that all of them see: every
+    process takes part in writing each orbax checkpoint, and with separate folders the
+    first checkpoint never completes (a hang, not an error). Process 0 writes a marker
+    file; each process waits up to ``timeout`` seconds to see it (a network file system
+    may show a new file late); all of them fail alike if any did not."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    token = int(multihost_utils.broadcast_one_to_all(
+        np.asarray(int.from_bytes(os.urandom(4), "little") >> 1, np.int32)))
+    marker = workdir / f".shared-workdir-check-{token}"
+    if jax.process_index() == 0:
+        ckpt.write_text_atomic(marker, "every process of the run must see this file\n")
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = np.asarray(multihost_utils.process_allgather(
+        np.asarray([marker.exists()], np.int32))).reshape(-1)
+    if jax.process_index() == 0:
+        marker.unlink(missing_ok=True)
+    blind = [i for i, s in enumerate(seen) if not s]
+    if blind:
+        raise ConfigError(
+            f"the workdir {workdir} is not one folder shared by every process: process(es) "
+            f"{', '.join(map(str, blind))} did not see a file process 0 wrote there within "
+            f"{timeout:g} s (config.shared_workdir_timeout). Every process takes part in "
+            "writing each checkpoint: give all of them the same folder on a shared file "
+            "system (NFS, a bucket mounted with gcsfuse)")
+
+
 def train_and_evaluate(config, workdir):
     """Run the stage(s) of ``config.stage`` in ``workdir``; returns the last stage's
     result (the grid record for width/width_depth/final/eval)."""
     stages = stages_to_run(config)   # a bad stage, grid or option fails before data loads
+    if "://" in str(workdir):   # pathlib would make "gs://b/run" a local folder "gs:/b/run"
+        raise ConfigError(
+            f"workdir {str(workdir)!r} is a URL; the run's logs, tables and checkpoints are "
+            "written with file operations: give a local or mounted folder (a bucket mounted "
+            "with gcsfuse, NFS)")
     workdir = pathlib.Path(workdir)
     _check_workdir_task(config, workdir)
     if config.cpu_unrolled_threefry:
@@ -1121,6 +1158,7 @@ def train_and_evaluate(config, workdir):
     # Only now, with data and model loaded: a run that fails before keeps the folder's
     # config.json, which export and load_run read.
     workdir.mkdir(parents=True, exist_ok=True)
+    _check_workdir_shared(workdir, float(config.get("shared_workdir_timeout", 60.0)))
     ckpt.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     ckpt.write_json_atomic(workdir / "data.json", ctx.sizes)
     result = None

@@ -135,3 +135,26 @@ def test_two_processes_train_as_one_with_two_devices(tmp_path, tiny_bert_dir, gl
     # one row per stage and call: the killed call finished three, the second all four
     lines = (shared / "stages.jsonl").read_text().splitlines()
     assert [json.loads(x)["stage"] for x in lines] == list(stages[:3] + stages)
+
+
+def test_separate_workdirs_stop_with_an_error_not_a_hang(tmp_path, tiny_bert_dir):
+    # each process its own folder, as on hosts without a shared file system: orbax's
+    # first checkpoint would wait forever for the other process's files
+    config = _config_file(tmp_path, tiny_bert_dir)
+    port = _free_port()
+    procs = [_train(config, tmp_path / f"host{i}", "--config.distributed=true",
+                    f"--config.coordinator_address=127.0.0.1:{port}",
+                    "--config.num_processes=2", f"--config.process_id={i}",
+                    "--config.shared_workdir_timeout=1")
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 2, out[-3000:]
+        assert "is not one folder shared by every process: process(es) 1 did not see" in out
+    assert not list((tmp_path / "host0").glob(".shared-workdir-check-*"))
+    assert not (tmp_path / "host0" / "config.json").exists()   # stopped before writing
+

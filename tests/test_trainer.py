@@ -1,6 +1,7 @@
 """The training pipeline end to end on a tiny model: every stage for one or two steps,
 the PyTorch-teacher path, NaN handling, config errors and checkpoint mismatches."""
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -696,3 +697,10 @@ def test_an_epochs_last_partial_batch_trains_unless_dropped(tiny_bert_dir, tmp_p
     assert steps == list(range(1, 8)) and "data.keep_partial_batch" not in recorded
     steps, recorded = updates(True, size=64)     # no partial batch: as before
     assert steps == list(range(1, 9)) and "data.keep_partial_batch" not in recorded
+
+
+def test_a_url_workdir_is_refused(tmp_path, tiny_bert_dir):
+    with pytest.raises(trainer.ConfigError, match="is a URL"):
+        trainer.train_and_evaluate(tiny_train_config(tiny_bert_dir, tmp_path),
+                                   "gs://bucket/runs/sst2")
+    assert not (pathlib.Path.cwd() / "gs:").exists()   # not made as a local folder
