@@ -1137,6 +1137,70 @@ def _check_workdir_shared(workdir: pathlib.Path, timeout: float) -> None:
             "system (NFS, a bucket mounted with gcsfuse)")
 
 
+# Settings that may differ between the processes of one run: where each host finds its
+# files (their contents are compared instead, through the data) and how it reports.
+_PER_PROCESS = ("process_id", "coordinator_address", "shared_workdir_timeout", "progress",
+                "tensorboard", "report_memory", "log_every", "compilation_cache_dir",
+                "teacher_checkpoint", "model.pretrained", "model.tokenizer",
+                "data.data_dir", "data.cache_dir", "data.augmented_train",
+                "data.squad_train", "data.squad_dev", "data.custom.train",
+                "data.custom.dev")
+
+
+def _flat(d: Mapping, prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _from_process_0(text: str) -> str:
+    """Process 0's ``text``, on every process."""
+    from jax.experimental import multihost_utils
+
+    mine = np.frombuffer(text.encode(), np.uint8)
+    n = int(multihost_utils.broadcast_one_to_all(np.asarray(mine.size, np.int32)))
+    buf = mine if jax.process_index() == 0 else np.zeros(n, np.uint8)
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode()
+
+
+def _check_processes_agree(ctx: "Context") -> None:
+    """Every process must run one config on one data: each builds the global batches
+    itself and feeds its own rows, so a host with other files, another tokenizer or
+    other flags would train on a mix nobody asked for, or hang in a collective. Compares
+    every process's settings (less `_PER_PROCESS`), model and tokenized data with
+    process 0's; all processes stop alike, each naming what differs on it."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = {f"config.{k}": v for k, v in _flat(ctx.config.to_dict()).items()
+            if k not in _PER_PROCESS}
+    mine["the model"] = dataclasses.asdict(ctx.model.config)
+    mine["the training data"] = ckpt.tree_checksum(ctx.train)
+    mine["the dev data"] = ckpt.tree_checksum(ctx.dev)
+    if ctx.train_augmented is not None:
+        mine["the augmented training data"] = ckpt.tree_checksum(ctx.train_augmented)
+    mine = json.loads(json.dumps(mine, sort_keys=True, default=str))
+    first = json.loads(_from_process_0(json.dumps(mine, sort_keys=True)))
+    differ = sorted(k for k in set(mine) | set(first) if mine.get(k) != first.get(k))
+    flags = np.asarray(multihost_utils.process_allgather(
+        np.asarray([bool(differ)], np.int32))).reshape(-1)
+    odd = [i for i, f in enumerate(flags) if f]
+    if not odd:
+        return
+    what = (f"on this process (process {jax.process_index()}) "
+            + ", ".join(f"{k} = {mine.get(k)!r} where process 0 has {first.get(k)!r}"
+                        if k.startswith("config.") else k for k in differ)
+            if differ else "see their errors")
+    raise ConfigError(
+        f"process(es) {', '.join(map(str, odd))} run other settings or data than process "
+        f"0: {what}. Every process must read the same files with the same flags")
+
+
 def train_and_evaluate(config, workdir):
     """Run the stage(s) of ``config.stage`` in ``workdir``; returns the last stage's
     result (the grid record for width/width_depth/final/eval)."""
@@ -1159,6 +1223,7 @@ def train_and_evaluate(config, workdir):
     # config.json, which export and load_run read.
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir_shared(workdir, float(config.get("shared_workdir_timeout", 60.0)))
+    _check_processes_agree(ctx)
     ckpt.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     ckpt.write_json_atomic(workdir / "data.json", ctx.sizes)
     result = None

@@ -158,3 +158,40 @@ def test_separate_workdirs_stop_with_an_error_not_a_hang(tmp_path, tiny_bert_dir
     assert not list((tmp_path / "host0").glob(".shared-workdir-check-*"))
     assert not (tmp_path / "host0" / "config.json").exists()   # stopped before writing
 
+
+
+def test_processes_with_other_flags_or_data_stop_with_an_error(tmp_path, tiny_bert_dir,
+                                                               glue_dir):
+    config = _config_file(tmp_path, tiny_bert_dir)
+    # process 1's copy of SST-2 has every training label flipped; process 0 reads the
+    # real files. Then the same files, but process 1 another learning rate.
+    other = tmp_path / "glue"
+    (other / "SST-2").mkdir(parents=True)
+    (other / "SST-2" / "dev.tsv").write_bytes((glue_dir / "SST-2" / "dev.tsv").read_bytes())
+    head, *rows = (glue_dir / "SST-2" / "train.tsv").read_text().splitlines()
+    flipped = [r[:-1] + str(1 - int(r[-1])) for r in rows]
+    (other / "SST-2" / "train.tsv").write_text("\n".join([head, *flipped]) + "\n")
+    for extra, expected in (
+            ((f"--config.data.data_dir={other}",
+              "--config.data.cache_dir=" + str(tmp_path / "cache1")),
+             "on this process (process 1) the training data."),
+            (("--config.width.learning_rate=0.001",),
+             "config.width.learning_rate = 0.001 where process 0 has 2e-05")):
+        port = _free_port()
+        shared = tmp_path / f"run{len(extra)}"
+        procs = [_train(config, shared, "--config.distributed=true",
+                        f"--config.coordinator_address=127.0.0.1:{port}",
+                        "--config.num_processes=2", f"--config.process_id={i}",
+                        *(extra if i == 1 else ()))
+                 for i in range(2)]
+        try:
+            outs = [p.communicate(timeout=300)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        for p, out in zip(procs, outs):
+            assert p.returncode == 2, out[-3000:]
+            assert "process(es) 1 run other settings or data than process 0" in out, out[-3000:]
+        assert expected in outs[1], outs[1][-3000:]
+        assert "see their errors" in outs[0]
+        assert not (shared / "config.json").exists()   # stopped before anything was written
