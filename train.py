@@ -93,10 +93,18 @@ def main(argv):
     import jax
 
     if config.distributed:   # explicit settings where given, else JAX's cluster detection
-        jax.distributed.initialize(
-            coordinator_address=config.get("coordinator_address") or None,
-            num_processes=config.get("num_processes") or None,
-            process_id=None if config.get("process_id", -1) < 0 else config.process_id)
+        try:
+            jax.distributed.initialize(
+                coordinator_address=config.get("coordinator_address") or None,
+                num_processes=config.get("num_processes") or None,
+                process_id=None if config.get("process_id", -1) < 0 else config.process_id)
+        except ValueError as e:   # settings missing or inconsistent
+            _flag_error(ValueError(
+                "--config.distributed=true: jax.distributed.initialize() says: "
+                f"{str(e).rstrip('.')}. It finds the processes itself on TPU, SLURM, "
+                "Open MPI and Kubernetes; elsewhere give --config.coordinator_address=HOST:PORT, "
+                "--config.num_processes and --config.process_id (docs/training.md, "
+                "Several hosts)"))
     from dynabert_jax import trainer
 
     from dynabert_jax.checkpoint import CheckpointMismatchError

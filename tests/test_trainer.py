@@ -251,7 +251,11 @@ def test_config_typo_and_unknown_stage_are_errors(tiny_bert_dir, tmp_path):
             (["--config.width.learning_rate=abc"], "could not convert string to float"),
             (["--config", "configs/glue.py:stgae=all"], "bad config argument 'stgae=all'"),
             (["--config", "configs/nope.py"], "No such file or directory: "
-                                              "'configs/nope.py'")):
+                                              "'configs/nope.py'"),
+            # several processes asked for, outside a cluster JAX detects, with no settings
+            (["--config.distributed=true"], "jax.distributed.initialize() says: "
+                                            "coordinator_address should be defined. It "
+                                            "finds the processes itself on TPU")):
         out = subprocess.run([sys.executable, str(REPO / "train.py"), *args,
                               f"--workdir={tmp_path}"], capture_output=True, text=True,
                              cwd=REPO)
