@@ -732,7 +732,11 @@ def teacher_params(ctx: Context):
                         "(its id2label): took its outputs %s as %s", path, order,
                         list(labels))
             params = permute_labels(model.config, params, order)
-        ctx.teacher = params
+        _weights_agree("the weights of config.teacher_checkpoint", params)
+        # onto the run's mesh, as a teacher restored from the teacher stage: over several
+        # processes orbax cannot save what rewiring makes of one process's local arrays
+        ctx.teacher = jax.device_put(jax.tree_util.tree_map(np.asarray, params),
+                                     sharding.replicated(ctx.mesh))
     else:
         ctx.teacher = _stage_output(ctx, "teacher")[0]
     return ctx.teacher
@@ -779,9 +783,11 @@ def results_from_info(info) -> Dict[SubNet, Dict[str, float]]:
 
 def _pretrained_init(ctx: Context):
     """The pre-trained encoder with a fresh task head (seeded): the teacher's start."""
-    return from_pretrained_pytorch(
+    params = from_pretrained_pytorch(
         ctx.pretrained_path, head=ctx.model.config.head, num_labels=ctx.task.num_labels,
         rng=jax.random.PRNGKey(ctx.config.seed), **model_overrides(ctx.config))[1]
+    _weights_agree("the weights of config.model.pretrained", params)
+    return params
 
 
 def stage_teacher(ctx: Context):
@@ -1138,13 +1144,13 @@ def _check_workdir_shared(workdir: pathlib.Path, timeout: float) -> None:
 
 
 # Settings that may differ between the processes of one run: where each host finds its
-# files (their contents are compared instead, through the data) and how it reports.
-_PER_PROCESS = ("process_id", "coordinator_address", "shared_workdir_timeout", "progress",
-                "tensorboard", "report_memory", "log_every", "compilation_cache_dir",
-                "teacher_checkpoint", "model.pretrained", "model.tokenizer",
+# files (their contents are compared instead: the data, the weights) and how it reports.
+_PER_PROCESS = ("teacher_checkpoint", "model.pretrained", "model.tokenizer",
                 "data.data_dir", "data.cache_dir", "data.augmented_train",
                 "data.squad_train", "data.squad_dev", "data.custom.train",
-                "data.custom.dev")
+                "data.custom.dev", "compilation_cache_dir", "process_id",
+                "coordinator_address", "shared_workdir_timeout", "progress",
+                "tensorboard", "report_memory", "log_every")
 
 
 def _flat(d: Mapping, prefix: str = "") -> Dict[str, Any]:
@@ -1167,23 +1173,13 @@ def _from_process_0(text: str) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode()
 
 
-def _check_processes_agree(ctx: "Context") -> None:
-    """Every process must run one config on one data: each builds the global batches
-    itself and feeds its own rows, so a host with other files, another tokenizer or
-    other flags would train on a mix nobody asked for, or hang in a collective. Compares
-    every process's settings (less `_PER_PROCESS`), model and tokenized data with
-    process 0's; all processes stop alike, each naming what differs on it."""
+def _processes_agree(mine: Mapping[str, Any], hint: str) -> None:
+    """Stop every process alike where any process's ``mine`` (JSON-able values by name)
+    differs from process 0's; each process names what differs on it."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
-    mine = {f"config.{k}": v for k, v in _flat(ctx.config.to_dict()).items()
-            if k not in _PER_PROCESS}
-    mine["the model"] = dataclasses.asdict(ctx.model.config)
-    mine["the training data"] = ckpt.tree_checksum(ctx.train)
-    mine["the dev data"] = ckpt.tree_checksum(ctx.dev)
-    if ctx.train_augmented is not None:
-        mine["the augmented training data"] = ckpt.tree_checksum(ctx.train_augmented)
     mine = json.loads(json.dumps(mine, sort_keys=True, default=str))
     first = json.loads(_from_process_0(json.dumps(mine, sort_keys=True)))
     differ = sorted(k for k in set(mine) | set(first) if mine.get(k) != first.get(k))
@@ -1196,9 +1192,36 @@ def _check_processes_agree(ctx: "Context") -> None:
             + ", ".join(f"{k} = {mine.get(k)!r} where process 0 has {first.get(k)!r}"
                         if k.startswith("config.") else k for k in differ)
             if differ else "see their errors")
-    raise ConfigError(
-        f"process(es) {', '.join(map(str, odd))} run other settings or data than process "
-        f"0: {what}. Every process must read the same files with the same flags")
+    raise ConfigError(f"process(es) {', '.join(map(str, odd))} run other settings or data "
+                      f"than process 0: {what}. {hint}")
+
+
+def _check_processes_agree(ctx: "Context") -> None:
+    """Every process must run one config on one data: each builds the global batches
+    itself and feeds its own rows, so a host with other files, another tokenizer or
+    other flags would train on a mix nobody asked for, or hang in a collective. Compares
+    every process's settings (less `_PER_PROCESS`), model and tokenized data with
+    process 0's (the weights: `_weights_agree`, where they load)."""
+    if jax.process_count() == 1:
+        return
+    mine = {f"config.{k}": v for k, v in _flat(ctx.config.to_dict()).items()
+            if k not in _PER_PROCESS}
+    # another path, fine; a teacher checkpoint on one host and not another, a hang
+    mine["config.teacher_checkpoint given"] = bool(ctx.config.teacher_checkpoint)
+    mine["the model"] = dataclasses.asdict(ctx.model.config)
+    mine["the training data"] = ckpt.tree_checksum(ctx.train)
+    mine["the dev data"] = ckpt.tree_checksum(ctx.dev)
+    if ctx.train_augmented is not None:
+        mine["the augmented training data"] = ckpt.tree_checksum(ctx.train_augmented)
+    _processes_agree(mine, "Every process must read the same files with the same flags")
+
+
+def _weights_agree(what: str, params) -> None:
+    """The weights each process read from its own path (``config.model.pretrained``,
+    ``teacher_checkpoint``) must be the same."""
+    if jax.process_count() > 1:
+        _processes_agree({what: ckpt.tree_checksum(params)},
+                         "Every process must read the same weights")
 
 
 def train_and_evaluate(config, workdir):

@@ -161,7 +161,7 @@ def test_separate_workdirs_stop_with_an_error_not_a_hang(tmp_path, tiny_bert_dir
 
 
 def test_processes_with_other_flags_or_data_stop_with_an_error(tmp_path, tiny_bert_dir,
-                                                               glue_dir):
+                                                               tiny_teacher_dir, glue_dir):
     config = _config_file(tmp_path, tiny_bert_dir)
     # process 1's copy of SST-2 has every training label flipped; process 0 reads the
     # real files. Then the same files, but process 1 another learning rate.
@@ -176,7 +176,11 @@ def test_processes_with_other_flags_or_data_stop_with_an_error(tmp_path, tiny_be
               "--config.data.cache_dir=" + str(tmp_path / "cache1")),
              "on this process (process 1) the training data."),
             (("--config.width.learning_rate=0.001",),
-             "config.width.learning_rate = 0.001 where process 0 has 2e-05")):
+             "config.width.learning_rate = 0.001 where process 0 has 2e-05"),
+            # the same architecture, other weights: found when the teacher stage loads them
+            (("--config.model.pretrained=" + str(tiny_teacher_dir), "--config.progress=true",
+              "--config.log_every=5"),
+             "on this process (process 1) the weights of config.model.pretrained.")):
         port = _free_port()
         shared = tmp_path / f"run{len(extra)}"
         procs = [_train(config, shared, "--config.distributed=true",
@@ -194,4 +198,25 @@ def test_processes_with_other_flags_or_data_stop_with_an_error(tmp_path, tiny_be
             assert "process(es) 1 run other settings or data than process 0" in out, out[-3000:]
         assert expected in outs[1], outs[1][-3000:]
         assert "see their errors" in outs[0]
-        assert not (shared / "config.json").exists()   # stopped before anything was written
+        # the config and data are checked before anything is written
+        assert (shared / "config.json").exists() == ("pretrained" in extra[0]), extra
+
+
+def test_two_processes_rewire_a_teacher_checkpoint(tmp_path, tiny_bert_dir, tiny_teacher_dir):
+    # the teacher read from a Hugging Face folder by every process (not restored from the
+    # teacher stage): the rewired network is saved by all of them, as in one process
+    config = _config_file(tmp_path, tiny_bert_dir)
+    flags = ("--config.stage=rewire", f"--config.teacher_checkpoint={tiny_teacher_dir}")
+    port = _free_port()
+    shared = tmp_path / "two_processes"
+    _wait([_train(config, shared, "--config.distributed=true",
+                  f"--config.coordinator_address=127.0.0.1:{port}",
+                  "--config.num_processes=2", f"--config.process_id={i}", *flags)
+           for i in range(2)])
+    single = tmp_path / "one_process"
+    _wait([_train(config, single, *flags, devices=2)])
+    two, _ = ckpt.load_params(shared / "rewire" / "checkpoints")
+    one, _ = ckpt.load_params(single / "rewire" / "checkpoints")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, two, one)
+    np.testing.assert_array_equal(np.load(shared / "rewire" / "importance.npz")["head"],
+                                  np.load(single / "rewire" / "importance.npz")["head"])
