@@ -60,11 +60,15 @@ def _train(config, workdir, *flags, devices=1):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _two_processes(config, workdir):
+def _two_processes(config, workdir, *flags, second=()):
+    """Processes 0 and 1 of one run, with ``flags`` (``second``: for process 1 alone);
+    ``workdir``: their folder, or a folder each."""
     port = _free_port()
-    return [_train(config, workdir, "--config.distributed=true",
+    dirs = workdir if isinstance(workdir, (list, tuple)) else (workdir, workdir)
+    return [_train(config, dirs[i], "--config.distributed=true",
                    f"--config.coordinator_address=127.0.0.1:{port}",
-                   "--config.num_processes=2", f"--config.process_id={i}")
+                   "--config.num_processes=2", f"--config.process_id={i}", *flags,
+                   *(second if i == 1 else ()))
             for i in range(2)]
 
 
@@ -89,16 +93,16 @@ def _kill_mid_stage(procs, latest, at_least=3, timeout=600):
         out[-3000:] for out in outs))
 
 
-def _wait(procs, timeout=900):
-    outs = []
+def _wait(procs, timeout=900, status=0):
+    """The processes' outputs, once each has exited with ``status`` (2: train.py's
+    error)."""
     try:
-        for p in procs:
-            outs.append(p.communicate(timeout=timeout)[0])
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
     for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+        assert p.returncode == status, out[-4000:]
     return outs
 
 
@@ -141,23 +145,12 @@ def test_separate_workdirs_stop_with_an_error_not_a_hang(tmp_path, tiny_bert_dir
     # each process its own folder, as on hosts without a shared file system: orbax's
     # first checkpoint would wait forever for the other process's files
     config = _config_file(tmp_path, tiny_bert_dir)
-    port = _free_port()
-    procs = [_train(config, tmp_path / f"host{i}", "--config.distributed=true",
-                    f"--config.coordinator_address=127.0.0.1:{port}",
-                    "--config.num_processes=2", f"--config.process_id={i}",
-                    "--config.shared_workdir_timeout=1")
-             for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 2, out[-3000:]
+    outs = _wait(_two_processes(config, [tmp_path / "host0", tmp_path / "host1"],
+                                "--config.shared_workdir_timeout=1"), status=2)
+    for out in outs:
         assert "is not one folder shared by every process: process(es) 1 did not see" in out
     assert not list((tmp_path / "host0").glob(".shared-workdir-check-*"))
     assert not (tmp_path / "host0" / "config.json").exists()   # stopped before writing
-
 
 
 def test_processes_with_other_flags_or_data_stop_with_an_error(tmp_path, tiny_bert_dir,
@@ -181,20 +174,9 @@ def test_processes_with_other_flags_or_data_stop_with_an_error(tmp_path, tiny_be
             (("--config.model.pretrained=" + str(tiny_teacher_dir), "--config.progress=true",
               "--config.log_every=5"),
              "on this process (process 1) the weights of config.model.pretrained.")):
-        port = _free_port()
         shared = tmp_path / f"run{len(extra)}"
-        procs = [_train(config, shared, "--config.distributed=true",
-                        f"--config.coordinator_address=127.0.0.1:{port}",
-                        "--config.num_processes=2", f"--config.process_id={i}",
-                        *(extra if i == 1 else ()))
-                 for i in range(2)]
-        try:
-            outs = [p.communicate(timeout=300)[0] for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
-        for p, out in zip(procs, outs):
-            assert p.returncode == 2, out[-3000:]
+        outs = _wait(_two_processes(config, shared, second=extra), status=2)
+        for out in outs:
             assert "process(es) 1 run other settings or data than process 0" in out, out[-3000:]
         assert expected in outs[1], outs[1][-3000:]
         assert "see their errors" in outs[0]
@@ -207,12 +189,8 @@ def test_two_processes_rewire_a_teacher_checkpoint(tmp_path, tiny_bert_dir, tiny
     # teacher stage): the rewired network is saved by all of them, as in one process
     config = _config_file(tmp_path, tiny_bert_dir)
     flags = ("--config.stage=rewire", f"--config.teacher_checkpoint={tiny_teacher_dir}")
-    port = _free_port()
     shared = tmp_path / "two_processes"
-    _wait([_train(config, shared, "--config.distributed=true",
-                  f"--config.coordinator_address=127.0.0.1:{port}",
-                  "--config.num_processes=2", f"--config.process_id={i}", *flags)
-           for i in range(2)])
+    _wait(_two_processes(config, shared, *flags))
     single = tmp_path / "one_process"
     _wait([_train(config, single, *flags, devices=2)])
     two, _ = ckpt.load_params(shared / "rewire" / "checkpoints")
