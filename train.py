@@ -102,9 +102,9 @@ def main(argv):
             _flag_error(ValueError(
                 "--config.distributed=true: jax.distributed.initialize() says: "
                 f"{str(e).rstrip('.')}. It finds the processes itself on TPU, SLURM, "
-                "Open MPI and Kubernetes; elsewhere give --config.coordinator_address=HOST:PORT, "
-                "--config.num_processes and --config.process_id (docs/training.md, "
-                "Several hosts)"))
+                "Open MPI and Kubernetes; elsewhere give "
+                "--config.coordinator_address=HOST:PORT, --config.num_processes and "
+                "--config.process_id (docs/training.md, Several hosts)"))
     from dynabert_jax import trainer
 
     from dynabert_jax.checkpoint import CheckpointMismatchError
