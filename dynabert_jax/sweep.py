@@ -15,6 +15,8 @@ to its share of the cores (``--pin cpu``) or GPUs (``--pin cuda``), with each po
 output in ``<workdir>/logs/<point>.log``. A sweep is resumable like a run: start the
 same command again and finished points are skipped (``<workdir>/sweep.jsonl`` records
 them), an interrupted one resumes from its checkpoints, and a failed one is tried again.
+On several hosts, the same sweep runs on each with ``-- --config.distributed=true ...``:
+every point is one run over all of them, and they skip the same finished points.
 
 The summary (``<workdir>/summary.json`` and ``summary.md``, also printed) reads each
 point's grids (DynaBERT, DynaBERT_W, direct fine-tuning, no rewiring, final fine-tuning:
@@ -143,10 +145,11 @@ def extra_keys(extra: Sequence[str]) -> List[str]:
             if a.startswith("--config.")]
 
 
-def check_keys(config: str, keys: Sequence[str], extra: Sequence[str] = ()) -> None:
+def check_keys(config: str, keys: Sequence[str], extra: Sequence[str] = ()):
     """`SweepError` if the config file does not load, or a swept key or a field that
     ``extra`` overrides is not in it: a typo would otherwise fail every point, each
-    after starting its own process. The file is loaded as train.py loads it."""
+    after starting its own process. The file is loaded as train.py loads it; returns
+    the loaded config."""
     import importlib.util
 
     path, _, arg = config.partition(":")
@@ -172,6 +175,7 @@ def check_keys(config: str, keys: Sequence[str], extra: Sequence[str] = ()) -> N
             if not hasattr(node, "keys") or part not in node.keys():
                 raise SweepError(f"{where}: {path} has no field {key!r}")
             node = node[part]
+    return cfg
 
 
 CACHE_KEY = "compilation_cache_dir"
@@ -278,12 +282,48 @@ def make_lanes(lanes: int, pin: str, env: Mapping[str, str]) -> List[Lane]:
 # Running
 
 
-def finished(workdir: pathlib.Path, config: str, extra: Sequence[str]) -> Dict[str, dict]:
+def shared_flags(extra: Sequence[str]) -> List[str]:
+    """``extra`` less the flags that may differ between the hosts of one run (their
+    process id, their own paths and reporting: ``trainer.PER_PROCESS``), so that the
+    sweeps started on several hosts recognise each other's records."""
+    from dynabert_jax.trainer import PER_PROCESS
+
+    kept, skip_value = [], False
+    for a in extra:
+        if skip_value:   # the value of ``--config.KEY VALUE``
+            skip_value = False
+            continue
+        key = a[len("--config."):].split("=", 1)[0] if a.startswith("--config.") else None
+        if key in PER_PROCESS:
+            skip_value = "=" not in a
+            continue
+        kept.append(a)
+    return kept
+
+
+def flag_value(cfg, extra: Sequence[str], key: str):
+    """The value of top-level config field ``key`` once ``extra`` overrides it, for the
+    boolean fields the sweep itself must know (``distributed``)."""
+    value = cfg.get(key) if cfg is not None else None
+    for i, a in enumerate(extra):
+        if a == f"--config.{key}" and i + 1 < len(extra) and not extra[i + 1].startswith("-"):
+            value = extra[i + 1]
+        elif a.startswith(f"--config.{key}="):
+            value = a.split("=", 1)[1]
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "t", "1", "yes", "y")
+    return bool(value)
+
+
+def finished(workdir: pathlib.Path, config: str, extra: Sequence[str],
+             several_hosts: bool = False) -> Dict[str, dict]:
     """Points whose last record says done (exit status 0) with this config and these
-    extra flags."""
+    extra flags. ``several_hosts``: flags that may differ between the hosts are not
+    compared, so every host reads every host's records and all skip the same points."""
+    same = shared_flags if several_hosts else list
     done = {}
     for rec in read_jsonl(workdir / "sweep.jsonl"):
-        if rec.get("config") != config or rec.get("extra") != list(extra):
+        if rec.get("config") != config or same(rec.get("extra", [])) != same(extra):
             continue
         if rec.get("rc") == 0:
             done[rec["point"]] = rec
@@ -405,16 +445,22 @@ def run_jobs(jobs: Sequence[Tuple[str, List[str]]], lanes: Sequence[Lane],
 
 def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str] = (),
               rerun: bool = False, env: Optional[Mapping[str, str]] = None,
-              shared_cache: bool = True, lanes: int = 1, pin: str = "auto") -> List[dict]:
+              shared_cache: bool = True, lanes: int = 1, pin: str = "auto",
+              several_hosts: bool = False) -> List[dict]:
     """Train every point not finished yet, one process each, ``lanes`` at a time (see
     `make_lanes`); returns one record per point (``point``, ``rc``, ``seconds``;
     ``skipped`` for points already done). With more than one lane each point's output
-    goes to ``<workdir>/logs/<point>.log``."""
+    goes to ``<workdir>/logs/<point>.log``. ``several_hosts``: this sweep is one of the
+    same sweeps started on every host of a ``distributed`` run (see `finished`)."""
     workdir = pathlib.Path(workdir)
     env = dict(env or os.environ)
+    if several_hosts and lanes > 1:
+        raise SweepError(f"--lanes {lanes} with --config.distributed=true: every point "
+                         "runs on all the hosts together, so they train one point at a "
+                         "time; leave out --lanes")
     lane_list = make_lanes(lanes, pin, env)
     workdir.mkdir(parents=True, exist_ok=True)
-    done = {} if rerun else finished(workdir, config, extra)
+    done = {} if rerun else finished(workdir, config, extra, several_hosts)
     records, jobs, number = [], [], {}
     for i, p in enumerate(points, 1):
         number[p.name] = i
@@ -618,7 +664,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workdir = pathlib.Path(args.workdir)
     try:
         axes = parse_axes(args.axes)
-        check_keys(args.config, [k for k, _ in axes], extra)
+        cfg = check_keys(args.config, [k for k, _ in axes], extra)
+        several_hosts = flag_value(cfg, extra, "distributed")
         points = expand(axes)
         if args.dry_run:
             for p in points:
@@ -630,7 +677,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
             records = run_sweep(points, args.config, workdir, extra, rerun=args.rerun,
                                 env=env, shared_cache=not args.no_shared_cache,
-                                lanes=args.lanes, pin=args.pin)
+                                lanes=args.lanes, pin=args.pin,
+                                several_hosts=several_hosts)
             failed = [r["point"] for r in records if r["rc"] != 0]
         summary, md = write_summary(points, workdir)
     except SweepError as e:

@@ -1143,14 +1143,16 @@ def _check_workdir_shared(workdir: pathlib.Path, timeout: float) -> None:
             "system (NFS, a bucket mounted with gcsfuse)")
 
 
-# Settings that may differ between the processes of one run: where each host finds its
-# files (their contents are compared instead: the data, the weights) and how it reports.
-_PER_PROCESS = ("teacher_checkpoint", "model.pretrained", "model.tokenizer",
-                "data.data_dir", "data.cache_dir", "data.augmented_train",
-                "data.squad_train", "data.squad_dev", "data.custom.train",
-                "data.custom.dev", "compilation_cache_dir", "process_id",
-                "coordinator_address", "shared_workdir_timeout", "progress",
-                "tensorboard", "report_memory", "log_every")
+#: Settings that may differ between the processes of one run: where each host finds its
+#: files (their contents are compared instead: the data, the weights) and how it reports.
+#: The agreement check leaves them out, and so do the sweeps started on several hosts
+#: (`dynabert_jax.sweep`) when they match each other's records.
+PER_PROCESS = ("teacher_checkpoint", "model.pretrained", "model.tokenizer",
+               "data.data_dir", "data.cache_dir", "data.augmented_train",
+               "data.squad_train", "data.squad_dev", "data.custom.train",
+               "data.custom.dev", "compilation_cache_dir", "process_id",
+               "coordinator_address", "shared_workdir_timeout", "progress",
+               "tensorboard", "report_memory", "log_every")
 
 
 def _flat(d: Mapping, prefix: str = "") -> Dict[str, Any]:
@@ -1200,12 +1202,12 @@ def _check_processes_agree(ctx: "Context") -> None:
     """Every process must run one config on one data: each builds the global batches
     itself and feeds its own rows, so a host with other files, another tokenizer or
     other flags would train on a mix nobody asked for, or hang in a collective. Compares
-    every process's settings (less `_PER_PROCESS`), model and tokenized data with
+    every process's settings (less `PER_PROCESS`), model and tokenized data with
     process 0's (the weights: `_weights_agree`, where they load)."""
     if jax.process_count() == 1:
         return
     mine = {f"config.{k}": v for k, v in _flat(ctx.config.to_dict()).items()
-            if k not in _PER_PROCESS}
+            if k not in PER_PROCESS}
     # another path, fine; a teacher checkpoint on one host and not another, a hang
     mine["config.teacher_checkpoint given"] = bool(ctx.config.teacher_checkpoint)
     mine["the model"] = dataclasses.asdict(ctx.model.config)

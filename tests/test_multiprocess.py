@@ -198,3 +198,42 @@ def test_two_processes_rewire_a_teacher_checkpoint(tmp_path, tiny_bert_dir, tiny
     jax.tree_util.tree_map(np.testing.assert_array_equal, two, one)
     np.testing.assert_array_equal(np.load(shared / "rewire" / "importance.npz")["head"],
                                   np.load(single / "rewire" / "importance.npz")["head"])
+
+
+def test_a_sweep_started_on_two_hosts_trains_each_point_once(tmp_path, tiny_bert_dir):
+    # the same sweep command on each host, with that host's process id after `--`: every
+    # point is one run over both processes, and the hosts skip the same finished points
+    config = _config_file(tmp_path, tiny_bert_dir)
+    folder, port = tmp_path / "sweep", _free_port()
+
+    def sweeps():
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=1")
+        return [subprocess.Popen(
+            [sys.executable, "-m", "dynabert_jax.sweep", "--config", str(config),
+             "--workdir", str(folder), "--set", "seed=1,2", "--",
+             "--config.mesh.fsdp=true", "--config.width_depth.max_steps=2",
+             "--config.distributed=true", f"--config.coordinator_address=127.0.0.1:{port}",
+             "--config.num_processes=2", f"--config.process_id={i}"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]
+
+    _wait(sweeps())
+    records = [json.loads(x) for x in (folder / "sweep.jsonl").read_text().splitlines()]
+    assert sorted((r["point"], r["rc"]) for r in records) == [
+        ("seed=1", 0), ("seed=1", 0), ("seed=2", 0), ("seed=2", 0)]
+    # both seeds in the summary, each cell of the 2 x 2 grid with two values
+    (group,) = json.loads((folder / "summary.json").read_text())["groups"]
+    assert group["seeds"] == ["1", "2"]
+    assert sorted((c["width"], c["depth"], c["n"]) for c in group["methods"]["dynabert"]) \
+        == [(0.5, 0.5, 2), (0.5, 1.0, 2), (1.0, 0.5, 2), (1.0, 1.0, 2)]
+    for seed in ("1", "2"):
+        assert json.loads((folder / f"seed={seed}" / "config.json").read_text())["seed"] \
+            == int(seed)
+    # host 1 lost before it recorded anything: both hosts still skip both points, where
+    # a host running a point alone would wait for the other at every step
+    (folder / "sweep.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in records if "--config.process_id=0" in r["extra"]))
+    outs = _wait(sweeps(), timeout=300)
+    for out in outs:
+        assert out.count("done before, skipped") == 2, out[-3000:]

@@ -86,6 +86,37 @@ def test_a_point_is_done_when_its_last_record_with_these_flags_succeeded(tmp_pat
     assert sweep.finished(tmp_path, "other.py", []) == {}
 
 
+def test_the_sweeps_of_several_hosts_read_each_others_records(tmp_path, capsys):
+    # each host's sweep passes its own process id (and may pass its own paths and
+    # reporting flags); those are not compared, so every host skips the same points
+    hosts = [["--config.distributed=true", "--config.process_id=0", "--config.seed=1",
+              "--config.data.data_dir=/host0/glue"],
+             ["--config.distributed=true", "--config.process_id", "1", "--config.seed=1",
+              "--config.progress=false"]]
+    assert sweep.shared_flags(hosts[1]) == ["--config.distributed=true", "--config.seed=1"]
+    assert sweep.shared_flags(hosts[0]) == sweep.shared_flags(hosts[1])
+    (tmp_path / "sweep.jsonl").write_text(json.dumps(
+        {"point": "seed=1", "overrides": {"seed": "1"}, "config": "c.py",
+         "extra": hosts[0], "rc": 0}) + "\n")
+    assert list(sweep.finished(tmp_path, "c.py", hosts[1], several_hosts=True)) == ["seed=1"]
+    assert sweep.finished(tmp_path, "c.py", hosts[1]) == {}   # one host: flags as given
+    # but not another setting that changes the run
+    assert sweep.finished(tmp_path, "c.py", hosts[1][:-2] + ["--config.seed=2"], True) == {}
+    # whether the points run on several hosts: the file's setting, then the flags
+    cfg = {"distributed": False}
+    assert not sweep.flag_value(cfg, ["--config.seed=1"], "distributed")
+    assert sweep.flag_value(cfg, ["--config.distributed=True"], "distributed")
+    assert sweep.flag_value(cfg, ["--config.distributed", "true"], "distributed")
+    assert not sweep.flag_value({"distributed": True}, ["--config.distributed=false"],
+                                "distributed")
+    # each point takes every host, so one at a time
+    assert sweep.main(["--config", f"{REPO}/configs/default.py", "--workdir",
+                       str(tmp_path / "sw"), "--set", "seed=1,2", "--lanes", "2", "--",
+                       "--config.distributed=true"]) == 2
+    assert "every point runs on all the hosts together" in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()
+
+
 def test_lanes_split_the_cores_or_the_gpus(monkeypatch):
     assert sweep.split_evenly([0, 1, 2, 3, 4], 2) == [(0, 1, 2), (3, 4)]
     assert sweep.split_evenly([0, 1], 2) == [(0,), (1,)]
