@@ -200,6 +200,24 @@ def test_two_processes_rewire_a_teacher_checkpoint(tmp_path, tiny_bert_dir, tiny
                                   np.load(single / "rewire" / "importance.npz")["head"])
 
 
+def test_two_processes_trim_and_group_batches_as_one(tmp_path, tiny_bert_dir):
+    # batches grouped by length and trimmed: every process must cut the same global
+    # batch to the same length before taking its rows, or their shapes would differ
+    config = _config_file(tmp_path, tiny_bert_dir)
+    flags = ("--config.stage=teacher", "--config.teacher.max_steps=4",
+             "--config.data.max_seq_length=64", "--config.data.group_by_length=true",
+             "--config.data.pad_to_multiple_of=32")
+    shared, single = tmp_path / "two_processes", tmp_path / "one_process"
+    _wait(_two_processes(config, shared, *flags))
+    _wait([_train(config, single, *flags, devices=2)])
+    logged = [[json.loads(r) for r in (run / "teacher" / "metrics.jsonl").read_text()
+               .splitlines() if "loss" in json.loads(r)] for run in (shared, single)]
+    assert [r["seq_len"] for r in logged[0]] == [32] * 4   # trimmed from 64
+    assert [r["loss"] for r in logged[0]] == [r["loss"] for r in logged[1]]
+    two, one = trainer.load_run(shared, "teacher"), trainer.load_run(single, "teacher")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, two.params, one.params)
+
+
 def test_a_sweep_started_on_two_hosts_trains_each_point_once(tmp_path, tiny_bert_dir):
     # the same sweep command on each host, with that host's process id after `--`: every
     # point is one run over both processes, and the hosts skip the same finished points
