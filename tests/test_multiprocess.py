@@ -248,8 +248,8 @@ def test_a_sweep_started_on_two_hosts_trains_each_point_once(tmp_path, tiny_bert
     for seed in ("1", "2"):
         assert json.loads((folder / f"seed={seed}" / "config.json").read_text())["seed"] \
             == int(seed)
-    # host 1 lost before it recorded anything: both hosts still skip both points, where
-    # a host running a point alone would wait for the other at every step
+    # host 1 lost before it recorded anything: both hosts still skip both points (had
+    # host 1 run seed=1 again alone, it would have waited for a process 0 that never came)
     (folder / "sweep.jsonl").write_text("".join(
         json.dumps(r) + "\n" for r in records if "--config.process_id=0" in r["extra"]))
     outs = _wait(sweeps(), timeout=300)
