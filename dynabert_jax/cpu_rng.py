@@ -46,3 +46,22 @@ def unroll_threefry_on_cpu() -> bool:
         return False
     _done = True
     return True
+
+
+def restore_default_on_cpu() -> bool:
+    """Undo `unroll_threefry_on_cpu`: programs traced from now on get JAX's default,
+    rolled CPU lowering again (the same bits). Returns whether it was unrolled.
+
+    For a process that goes on to compile other, small programs after training (the
+    test suite does): at a few hundred values per tensor XLA:CPU fuses the unrolled
+    hash into many consumers and compiles such programs several times more slowly."""
+    global _done
+    if not _done:
+        return False
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as tf
+
+    mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_cpu_lowering_rule,
+                           platform="cpu")
+    _done = False
+    return True

@@ -24,6 +24,18 @@ def _shared_data_dir():
     return REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _default_threefry_lowering():
+    """Each test starts with JAX's default CPU lowering of Threefry. A training run
+    switches the whole process to the unrolled one (``config.cpu_unrolled_threefry``,
+    the same bits); left on, it made the small steps that later tests compile take 3-4x
+    longer to compile (test_losses: 12 s alone, 38-46 s after a training test)."""
+    yield
+    from dynabert_jax import cpu_rng
+
+    cpu_rng.restore_default_on_cpu()
+
+
 @pytest.fixture
 def ctrl_c():
     """SIGINT as at a terminal: a Ctrl-C raises KeyboardInterrupt here, and a process

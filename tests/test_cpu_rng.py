@@ -25,8 +25,12 @@ _SCRIPT = textwrap.dedent("""
     first = cpu_rng.unroll_threefry_on_cpu()
     again = cpu_rng.unroll_threefry_on_cpu()
     after, loops_after = run()
-    print(json.dumps({"applied": [first, again], "loops": [loops_before, loops_after],
-                      "same": [bool((a == b).all()) for a, b in zip(before, after)]}))
+    undone, undone_again = cpu_rng.restore_default_on_cpu(), cpu_rng.restore_default_on_cpu()
+    restored, loops_restored = run()
+    print(json.dumps({"applied": [first, again], "undone": [undone, undone_again],
+                      "loops": [loops_before, loops_after, loops_restored],
+                      "same": [bool((a == b).all() and (a == c).all())
+                               for a, b, c in zip(before, after, restored)]}))
 """)
 
 
@@ -37,7 +41,9 @@ def test_unrolled_threefry_same_bits_and_no_loop():
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["applied"] == [True, True]
-    assert r["loops"][0] > 0 and r["loops"][1] == 0   # the default CPU lowering is rolled
+    assert r["undone"] == [True, False]
+    # the default CPU lowering is rolled, and is again once restored
+    assert r["loops"][0] > 0 and r["loops"][1] == 0 and r["loops"][2] == r["loops"][0]
     assert r["same"] == [True, True, True]
 
 
