@@ -23,6 +23,23 @@ _log = logging.getLogger(__name__)
 _done = False
 
 
+def _register_cpu_lowering(rolled: bool, failed: str) -> bool:
+    """Register JAX's own Threefry lowering, rolled or unrolled, for the CPU platform;
+    on a JAX version without these internals, log ``failed`` and return False."""
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32 as tf
+
+        rule = mlir.lower_fun(
+            functools.partial(tf._threefry2x32_lowering, use_rolled_loops=rolled),
+            multiple_results=True)
+        mlir.register_lowering(tf.threefry2x32_p, rule, platform="cpu")
+    except (ImportError, AttributeError, TypeError) as e:  # a JAX version without them
+        _log.warning("%s (%s: %s)", failed, type(e).__name__, e)
+        return False
+    return True
+
+
 def unroll_threefry_on_cpu() -> bool:
     """Lower ``threefry2x32`` unrolled on CPU from now on. Returns whether it applied.
 
@@ -30,22 +47,11 @@ def unroll_threefry_on_cpu() -> bool:
     them, it logs a warning and leaves the default lowering (correct, only slower).
     """
     global _done
-    if _done:
-        return True
-    try:
-        from jax._src.interpreters import mlir
-        from jax._src.random import threefry2x32 as tf
-
-        rule = mlir.lower_fun(
-            functools.partial(tf._threefry2x32_lowering, use_rolled_loops=False),
-            multiple_results=True)
-        mlir.register_lowering(tf.threefry2x32_p, rule, platform="cpu")
-    except (ImportError, AttributeError, TypeError) as e:  # a JAX version without them
-        _log.warning("could not unroll the Threefry lowering on CPU (%s: %s); dropout "
-                     "keeps JAX's default, slower CPU lowering", type(e).__name__, e)
-        return False
-    _done = True
-    return True
+    if not _done:
+        _done = _register_cpu_lowering(
+            False, "could not unroll the Threefry lowering on CPU; dropout keeps JAX's "
+                   "default, slower CPU lowering")
+    return _done
 
 
 def restore_default_on_cpu() -> bool:
@@ -58,15 +64,8 @@ def restore_default_on_cpu() -> bool:
     global _done
     if not _done:
         return False
-    try:
-        from jax._src.interpreters import mlir
-        from jax._src.random import threefry2x32 as tf
-
-        mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_cpu_lowering_rule,
-                               platform="cpu")
-    except (ImportError, AttributeError, TypeError) as e:  # a JAX version without them
-        _log.warning("could not restore JAX's default Threefry lowering on CPU (%s: %s); "
-                     "it stays unrolled (the same bits)", type(e).__name__, e)
+    if not _register_cpu_lowering(True, "could not restore JAX's default Threefry "
+                                        "lowering on CPU; it stays unrolled (same bits)"):
         return False
     _done = False
     return True
