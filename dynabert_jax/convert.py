@@ -13,7 +13,10 @@ Supported: ``BertModel``, ``BertForSequenceClassification``,
 ``BertForQuestionAnswering``, ``RobertaModel``, ``RobertaForSequenceClassification``,
 ``RobertaForQuestionAnswering`` (with or without the ``bert.`` / ``roberta.`` prefix),
 from ``model.safetensors`` (also sharded) or ``pytorch_model.bin`` (loaded with
-``torch.load(weights_only=True)``; nothing is ever unpickled).
+``torch.load(weights_only=True)``; nothing is ever unpickled). Checkpoints saved by old
+transformers versions load too: LayerNorm keys named ``gamma`` / ``beta`` are renamed
+(`rename_legacy_keys`), and a ``config.json`` without ``model_type`` gets it from the
+weights' key prefix (`read_hf_config`).
 """
 from __future__ import annotations
 
@@ -152,12 +155,33 @@ def mismatch_error(header: str, groups: Mapping[str, Sequence[str]]
 
 
 def read_hf_config(path) -> dict:
+    """The ``config.json`` of checkpoint folder ``path``. One without ``model_type`` (as
+    transformers 2.x wrote them, e.g. for the official DynaBERT checkpoints) gets it from
+    the prefix of the folder's weight keys (`model_type_from_keys`)."""
     path = pathlib.Path(path)
     if path.is_file():
         raise CheckpointError(f"{path} is a file; give the Hugging Face checkpoint folder "
                               f"that holds it and its config.json ({path.parent})")
-    return read_json(path / "config.json", f"{path} is not a Hugging Face checkpoint "
-                                           f"directory: no config.json in it")
+    hf = read_json(path / "config.json", f"{path} is not a Hugging Face checkpoint "
+                                         f"directory: no config.json in it")
+    if isinstance(hf, dict) and hf.get("model_type") is None:
+        model_type = model_type_from_keys(load_state_dict(path))
+        if model_type is None:
+            raise CheckpointError(
+                f"{path / 'config.json'} has no \"model_type\", and the weights' keys do "
+                f"not tell (no 'bert.' or 'roberta.' prefix): add "
+                f"\"model_type\": \"bert\" (or \"roberta\") to config.json")
+        log.info("%s has no model_type: %r, from its weights' key prefix",
+                 path / "config.json", model_type)
+        hf = dict(hf, model_type=model_type)
+    return hf
+
+
+def model_type_from_keys(keys) -> Optional[str]:
+    """``"bert"`` or ``"roberta"`` when the state-dict keys carry that prefix (and not the
+    other), else None: a bare encoder's keys are the same for both."""
+    found = {t for t in ("bert", "roberta") if any(k.startswith(f"{t}.") for k in keys)}
+    return found.pop() if len(found) == 1 else None
 
 
 def config_from_hf(hf: Mapping, head: Optional[str] = None,
@@ -307,7 +331,31 @@ def load_state_dict(path) -> Dict[str, np.ndarray]:
             raise CheckpointError(f"{f} is not a state dict of named tensors (it holds "
                                   f"{keys}); save model.state_dict() itself")
         state.update({k: _to_numpy_f32(v) for k, v in part.items()})
-    return state
+    return rename_legacy_keys(state, path)
+
+
+_LEGACY_LAYER_NORM = {"LayerNorm.gamma": "LayerNorm.weight",
+                      "LayerNorm.beta": "LayerNorm.bias"}
+
+
+def rename_legacy_keys(state: Mapping[str, np.ndarray], source="state dict"
+                       ) -> Dict[str, np.ndarray]:
+    """``state`` with the LayerNorm keys of old checkpoints (``...LayerNorm.gamma`` /
+    ``.beta``: the original ``bert-base-uncased`` files, DynaBERT's backbone) named as
+    today (``.weight`` / ``.bias``), as transformers renames them on load. A checkpoint
+    holding both names of one tensor is ambiguous: :class:`CheckpointError`."""
+    renamed = {k: k[:-len(old)] + new for k in state
+               for old, new in _LEGACY_LAYER_NORM.items() if k.endswith(old)}
+    both = sorted(k for k, new in renamed.items() if new in state)
+    if both:
+        raise CheckpointError(
+            f"{source} holds {len(both)} LayerNorm tensor(s) under both the old and the "
+            f"new name, so which to load is ambiguous: "
+            f"{[f'{k} / {renamed[k]}' for k in both]}")
+    if renamed:
+        log.info("%s: renamed %d legacy LayerNorm keys (gamma / beta -> weight / bias)",
+                 source, len(renamed))
+    return {renamed.get(k, k): v for k, v in state.items()}
 
 
 def _shards(index_file: pathlib.Path) -> List[pathlib.Path]:
@@ -348,6 +396,22 @@ def _known_unused(key: str, config: ModelConfig, prefix: str) -> Optional[str]:
     if key.startswith(_HEAD_KEY_PREFIXES):
         return f"task head not requested (head={config.head!r})"
     return None
+
+
+def _pooler_hint(config: ModelConfig, prefix: str, missing: Sequence[str]
+                 ) -> Optional[str]:
+    """How to load a checkpoint with no pooler at all (a masked-LM or question-answering
+    model, roberta-base's layout), or None when the pooler is not wholly missing. Loading
+    stays strict (a random pooler would silently change ``pooled_output``); the encoder
+    alone loads with ``pooler=False``, but BERT's classifier reads the pooler."""
+    keys = [e.key for e in _linear(("pooler",), f"{prefix}pooler.dense")]
+    if not all(k in missing for k in keys):
+        return None
+    if config.model_type == "bert" and config.head in ("classification", "regression"):
+        return (f"this checkpoint has no pooler, which BERT's {config.head} head reads: "
+                f"start from one that has it (BertModel, BertForPreTraining, "
+                f"BertForSequenceClassification)")
+    return "this checkpoint has no pooler: pass pooler=False to load the model without it"
 
 
 def params_from_state_dict(config: ModelConfig, state: Mapping[str, np.ndarray],
@@ -405,7 +469,8 @@ def params_from_state_dict(config: ModelConfig, state: Mapping[str, np.ndarray],
         "missing keys": missing, "unexpected keys": unexpected,
         "shape mismatches": mismatched})
     if error:
-        raise error
+        hint = _pooler_hint(config, prefix, missing)
+        raise CheckpointError(f"{error}\n  {hint}") if hint else error
     for k, why in skipped.items():
         log.info("skipped %s (%s)", k, why)
     if fresh_head:
@@ -447,7 +512,8 @@ def from_pretrained_pytorch(path, head: Optional[str] = None,
         (with ``require_head``: a `CheckpointError`).
       num_labels: classes of the classification head; by default from the checkpoint.
       dtype: computation dtype of the returned model (parameters stay float32).
-      **config_overrides: fields of :class:`ModelConfig` to override (e.g. dropout).
+      **config_overrides: fields of :class:`ModelConfig` to override (e.g. dropout;
+        ``pooler=False`` for a checkpoint without a pooler, such as roberta-base).
 
     Returns:
       ``(model, params)``: a :class:`DynaBertModel` and its full-size parameters.

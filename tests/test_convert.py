@@ -100,6 +100,113 @@ def test_prefix_optional_and_bin_with_weights_only(tmp_path):
                                _run_hf(ref, batch).logits.numpy(), atol=1e-5)
 
 
+def _params_equal(a, b):
+    return jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda x, y: bool(np.array_equal(x, y)), a, b))
+
+
+def _legacy_names(state):
+    return {k.replace("LayerNorm.weight", "LayerNorm.gamma")
+            .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in state.items()}
+
+
+def test_legacy_layer_norm_names(tmp_path, caplog):
+    """``LayerNorm.gamma`` / ``.beta`` (the original bert-base-uncased files) load as
+    ``.weight`` / ``.bias``, from safetensors and from .bin, as transformers loads them."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    ref = transformers.BertForSequenceClassification(
+        transformers.BertConfig(**SMALL, num_labels=2)).eval()
+    path = _save_hf(ref, tmp_path / "new")
+    _, want = dj.from_pretrained_pytorch(path, head="classification")
+    old = _legacy_names({k: v.contiguous() for k, v in ref.state_dict().items()})
+    assert sum(k.endswith(("gamma", "beta")) for k in old) == 14   # 7 LayerNorms
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        d = tmp_path / name.split(".")[0]
+        d.mkdir()
+        (d / "config.json").write_text((path / "config.json").read_text())
+        if name.endswith(".bin"):
+            torch.save(old, d / name)
+        else:
+            save_file(old, str(d / name), metadata={"format": "pt"})
+        caplog.clear()
+        with caplog.at_level("INFO", logger="dynabert_jax.convert"):
+            _, got = dj.from_pretrained_pytorch(d, head="classification")
+        assert _params_equal(got, want), name
+        assert "renamed 14 legacy LayerNorm keys" in caplog.text
+    hf = transformers.BertForSequenceClassification.from_pretrained(
+        str(tmp_path / "model"), local_files_only=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(hf.state_dict()[k], v), k
+    # both names of one tensor: which to load is ambiguous
+    both = dict(old)
+    both["bert.embeddings.LayerNorm.weight"] = old["bert.embeddings.LayerNorm.gamma"]
+    torch.save(both, tmp_path / "pytorch_model" / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"1 LayerNorm tensor\(s\) under both the "
+                                              r"old and the new name.*embeddings\."
+                                              r"LayerNorm\.gamma"):
+        dj.from_pretrained_pytorch(tmp_path / "pytorch_model", head="classification")
+
+
+def test_checkpoint_without_pooler(tmp_path):
+    """Checkpoints with no pooler (a masked-LM model, roberta-base's layout; a question-
+    answering model) stay strict rather than get a fresh pooler as transformers gives
+    them: the fresh-initialisation path is for task heads, and a random pooler would
+    silently change ``pooled_output``. The error says how to load them (``pooler=False``),
+    which then gives the encoder's own outputs; BERT's classifier, which reads the
+    pooler, is told to start from a checkpoint that has one."""
+    torch.manual_seed(0)
+    mlm = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**SMALL)).eval()
+    path = _save_hf(mlm, tmp_path / "mlm")
+    with pytest.raises(CheckpointError, match=r"(?s)missing keys \(2\).*roberta\.pooler"
+                                              r".*has no pooler: pass pooler=False"):
+        dj.from_pretrained_pytorch(path)
+    model, params = dj.from_pretrained_pytorch(path, pooler=False)
+    assert "pooler" not in params
+    batch = _batch(pad=1)
+    m = batch["attention_mask"].astype(bool)
+    np.testing.assert_allclose(
+        np.asarray(_run_ours(model, params, batch).last_hidden_state)[m],
+        _run_hf(mlm.roberta, batch).last_hidden_state.numpy()[m], atol=1e-5)
+    qa = _save_hf(transformers.BertForQuestionAnswering(transformers.BertConfig(**SMALL)),
+                  tmp_path / "qa")
+    with pytest.raises(CheckpointError, match="has no pooler: pass pooler=False"):
+        dj.from_pretrained_pytorch(qa)
+    assert "pooler" not in dj.from_pretrained_pytorch(qa, pooler=False)[1]
+    with pytest.raises(CheckpointError, match="has no pooler, which BERT's classification "
+                                              "head reads"):
+        dj.from_pretrained_pytorch(qa, head="classification")
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_config_without_model_type(tmp_path, model_type):
+    """transformers 2.x configs (the official DynaBERT checkpoints) may lack model_type:
+    the weights' key prefix gives it; a bare encoder's keys cannot, and the error says
+    what to add."""
+    from dynabert_jax.convert import read_hf_config
+
+    torch.manual_seed(0)
+    cfg_cls = transformers.BertConfig if model_type == "bert" else transformers.RobertaConfig
+    cls = (transformers.BertForSequenceClassification if model_type == "bert"
+           else transformers.RobertaForSequenceClassification)
+    path = _save_hf(cls(cfg_cls(**SMALL, num_labels=3)), tmp_path / "ckpt")
+    want_model, want = dj.from_pretrained_pytorch(path, head="classification")
+    hf = json.loads((path / "config.json").read_text())
+    del hf["model_type"]
+    (path / "config.json").write_text(json.dumps(hf))
+    assert read_hf_config(path)["model_type"] == model_type
+    model, params = dj.from_pretrained_pytorch(path, head="classification")
+    assert model.config == want_model.config and _params_equal(params, want)
+    bare = _save_hf(transformers.BertModel(transformers.BertConfig(**SMALL)),
+                    tmp_path / "bare")
+    (bare / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(CheckpointError, match=r'config.json has no "model_type", and the '
+                                              r"weights' keys do not tell.*add "
+                                              r'"model_type": "bert"'):
+        dj.from_pretrained_pytorch(bare)
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))
@@ -256,8 +363,8 @@ def test_corrupted_and_absent_files(bert_dir, tmp_path):
         dj.from_pretrained_pytorch(tmp_path / "nowhere")
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "config.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="unsupported model_type None"):
+    (empty / "config.json").write_text("{}")   # no model_type: the weights would tell
+    with pytest.raises(CheckpointError, match="no weights in .*empty"):
         dj.from_pretrained_pytorch(empty)
 
 
