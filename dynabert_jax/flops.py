@@ -52,7 +52,20 @@ def head_params(config) -> int:
 
 
 def count_params(config, subnet: SubNet = FULL, include_head: bool = False) -> int:
-    """Parameters a sub-network uses (what an exported sub-network stores)."""
+    """Parameters a sub-network of *this* model uses (what an export of it stores).
+
+    Counted: the embeddings (word, position, token type, LayerNorm); the kept layers at
+    their kept width; the pooler (``h * h + h``) only when ``config.has_pooler``; the task
+    head (:func:`head_params`) only with ``include_head=True``.
+
+    The spec's table (section 6.3, the x-axis of the paper's Figure 3) always counts a
+    pooler and never a head. So for BERT with a classification head (or no head) and
+    ``include_head=False`` this matches the table (109.5 M at (1, 1)); a model without a
+    pooler, i.e. any span model and a RoBERTa classifier, counts ``h * h + h`` fewer
+    (BERT span 108.9 M, RoBERTa classifier 124.1 M against the table's 124.6 M). Those
+    are the true counts of the model built here, so they are not padded to the table;
+    add ``h * h + h`` to compare with it.
+    """
     n = embedding_params(config) + subnet.num_layers(config) * layer_params(config, subnet)
     if config.has_pooler:
         n += config.hidden_size * config.hidden_size + config.hidden_size

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Protocol, Tuple
+
+import numpy as np
 
 #: The width and depth grids trained by the official code (stage 1: widths at depth 1;
 #: stages 2 and 3: every (width, depth) pair).
@@ -38,7 +41,17 @@ class _EncoderShape(Protocol):
 
 
 def _check_multiplier(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Validate a width or depth and return it as a plain Python ``float``.
+
+    Any real number is accepted (``int``, ``float``, ``numpy.float32``, ``numpy.int64``,
+    ...), but not ``bool`` (``True`` is almost surely a mistake). The value is stored as
+    ``float(value)``, so a SubNet hashes and compares equal whatever type it was built
+    from: it is a jit static argument, and ``SubNet(np.float32(0.5))`` must reuse the
+    executable of ``SubNet(0.5)``. ``float()`` is exact, not rounded to the nearest
+    decimal: ``np.float32(0.1)`` becomes 0.10000000149011612, a different SubNet from
+    ``SubNet(0.1)`` (the grid's 0.25, 0.5 and 0.75 are exact in float32).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"SubNet {name} must be a number in (0, 1], got {value!r}")
     value = float(value)
     if not (0.0 < value <= 1.0) or math.isnan(value):

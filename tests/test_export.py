@@ -528,3 +528,73 @@ def test_span_head_exports_through_every_format(tiny_bert_dir, tmp_path):
     diffs = export.verify_export(model, params, subnet, out, export.FORMATS)
     assert set(diffs) == set(export.FORMATS)
     assert max(diffs.values()) <= TOL, diffs
+
+
+@pytest.fixture(scope="module")
+def roberta_span_export(tmp_path_factory):
+    """A tiny RoBERTa span model (official position ids) exported in every format."""
+    import transformers
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("roberta_span")
+    hf_cfg = transformers.RobertaConfig(vocab_size=120, hidden_size=48, num_hidden_layers=4,
+                                        num_attention_heads=4, intermediate_size=96,
+                                        max_position_embeddings=40)
+    transformers.RobertaForQuestionAnswering(hf_cfg).save_pretrained(str(root / "hf"))
+    model, params = dj.from_pretrained_pytorch(root / "hf", head="span")
+    assert model.config.roberta_position_ids == "official"
+    subnet = dj.SubNet(0.5, 0.75)
+    out = root / "out"
+    export.export_jax(model, params, subnet, out / "jax")
+    pt = export.export_pytorch(model, params, subnet, out / "pytorch")
+    export.export_onnx(pt, out / "onnx" / "model.onnx")
+    return model, params, subnet, out
+
+
+def test_sample_inputs_are_right_padded_with_the_pad_id():
+    cfg = dj.ModelConfig(model_type="roberta", vocab_size=120, max_position_embeddings=40,
+                         type_vocab_size=1, pad_token_id=1)
+    inputs = export.sample_inputs(cfg, batch=3, seq=16)
+    mask, ids = inputs["attention_mask"], inputs["input_ids"]
+    assert mask[0].all() and not mask[1:, -1].any() and mask[:, 0].all()
+    assert (ids[mask == 0] == cfg.pad_token_id).all()
+    assert (ids[mask == 1] != cfg.pad_token_id).all()
+    assert (np.diff(mask, axis=1) <= 0).all()  # right padding only
+
+
+def test_roberta_span_export_verifies_on_padded_input(roberta_span_export):
+    """Hugging Face's RoBERTa gives pad tokens position id ``pad``, the official JAX
+    model ``pad + 1 + i``: pad positions differ, real tokens agree, and the check looks
+    at real tokens only."""
+    model, params, subnet, out = roberta_span_export
+    inputs = export.sample_inputs(model.config, batch=3, seq=16)
+    pad = inputs["attention_mask"] == 0
+    assert pad.any()
+    diffs = export.verify_export(model, params, subnet, out, export.FORMATS, inputs)
+    assert set(diffs) == set(export.FORMATS)
+    assert max(diffs.values()) <= TOL, diffs
+    # the case is real: at pad positions the exports do differ from JAX
+    small, small_params = dj.extract_subnetwork(model, params, subnet)
+    want = np.asarray(jax.jit(export.forward_fn(small))(
+        small_params, *(inputs[k] for k in export.INPUT_NAMES)))
+    pt = export.load_pytorch_subnetwork(out / "pytorch")
+    with torch.no_grad():
+        got = pt(**torch_inputs(inputs))
+    got = np.stack([got.start_logits.numpy(), got.end_logits.numpy()], axis=-1)
+    assert np.abs(got - want)[pad].max() > TOL
+    np.testing.assert_allclose(got[~pad], want[~pad], atol=TOL, rtol=0)
+
+
+def test_verify_export_catches_a_difference_at_real_tokens(roberta_span_export):
+    """Masking pad positions must not hide a real discrepancy: parameters that differ
+    from the exported ones (one weight of a kept layer) fail the check in every format."""
+    model, params, subnet, out = roberta_span_export
+    inputs = export.sample_inputs(model.config, batch=3, seq=16)
+    # one weight from FFN neuron 0 of layer 0 (a sub-network keeps a prefix of neurons,
+    # and layer 0) to hidden unit 0; not a whole row, which LayerNorm would cancel
+    perturbed = jax.tree_util.tree_map(lambda x: x, params)  # a new tree, same arrays
+    ffn_out = perturbed["encoder"]["layer_0"]["output"]
+    ffn_out["kernel"] = ffn_out["kernel"].at[0, 0].add(1.0)
+    diffs = export.verify_export(model, perturbed, subnet, out, export.FORMATS, inputs)
+    assert set(diffs) == set(export.FORMATS)
+    assert min(diffs.values()) > 1e-2, diffs

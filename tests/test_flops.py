@@ -42,3 +42,24 @@ def test_head_params_counted_on_request():
     assert count_params(cls, include_head=True) - count_params(cls) == 768 * 3 + 3
     span = ModelConfig(head="span")   # no pooler in a span model
     assert count_params(span) == count_params(BERT) - (768 * 768 + 768)
+
+
+def test_pooler_counted_only_when_the_model_has_one():
+    # The spec's table always counts a pooler (RoBERTa 124.6 M at (1, 1)); a RoBERTa
+    # classifier has none, so its true count is one pooler (h * h + h) lower: 124.1 M.
+    pooler = 768 * 768 + 768
+    roberta_cls = ModelConfig(model_type="roberta", vocab_size=50265,
+                              max_position_embeddings=514, type_vocab_size=1,
+                              pad_token_id=1, layer_norm_eps=1e-5,
+                              head="classification", num_labels=3)
+    assert ROBERTA.has_pooler and not roberta_cls.has_pooler
+    assert count_params(ROBERTA) == 124_645_632
+    assert count_params(roberta_cls) == 124_055_040 == count_params(ROBERTA) - pooler
+    assert round(count_params(roberta_cls) / 1e6, 1) == 124.1
+    # The head is added on request only: RoBERTa's dense + out_proj.
+    assert (count_params(roberta_cls, include_head=True) - count_params(roberta_cls)
+            == (768 * 768 + 768) + (768 * 3 + 3))
+    # BERT with a span head: no pooler either, 108.9 M against the table's 109.5 M.
+    span = ModelConfig(head="span")
+    assert count_params(span) == 108_891_648
+    assert round(count_params(span) / 1e6, 1) == 108.9

@@ -1,4 +1,5 @@
 """The sub-network rules, asserted against the tables of the spec (sections 1.1, 2.1, 2.3)."""
+import numpy as np
 import pytest
 
 from dynabert_jax import DEPTHS, WIDTHS, ModelConfig, SubNet, grid
@@ -65,7 +66,8 @@ def test_teacher_alignment(config, depth, teacher):
     assert t[0] == 0 and t[-1] == config.num_hidden_layers
 
 
-@pytest.mark.parametrize("bad", [0, 0.0, -0.5, 1.5, 2, float("nan")])
+@pytest.mark.parametrize("bad", [0, 0.0, -0.5, 1.5, 2, float("nan"), float("inf"),
+                                 np.float32("nan"), np.float32(1.5), np.int64(0)])
 def test_out_of_range_is_value_error(bad):
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         SubNet(width=bad)
@@ -78,6 +80,28 @@ def test_non_number_is_type_error():
         SubNet(width="0.5")
     with pytest.raises(TypeError):
         SubNet(width=True)
+
+
+def test_numpy_bool_is_type_error():
+    with pytest.raises(TypeError):
+        SubNet(depth=np.bool_(True))
+
+
+@pytest.mark.parametrize("value", [np.float32(0.25), np.float32(0.5), np.float16(0.75),
+                                   np.float64(0.5), np.int64(1), np.int32(1)])
+def test_numpy_scalars_are_plain_floats(value):
+    # A SubNet is a jit static argument: one built from a numpy scalar must equal and
+    # hash like the one built from the same Python float, so it reuses its executable.
+    s = SubNet(value, value)
+    assert type(s.width) is float and type(s.depth) is float
+    plain = SubNet(float(value), float(value))
+    assert s == plain and hash(s) == hash(plain)
+    assert s.num_heads(BERT_BASE) == plain.num_heads(BERT_BASE)
+
+
+def test_numpy_float32_converts_exactly():
+    # float() is exact: float32(0.1) is not 0.1, so it is a different SubNet.
+    assert SubNet(np.float32(0.1)).width == float(np.float32(0.1)) != 0.1
 
 
 def test_width_that_keeps_no_head():
