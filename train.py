@@ -80,8 +80,9 @@ def default_workdir(config_file: str, task: str) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if len(argv) > 1:   # as the flag errors: one line, status 2 (not absl's usage dump)
+        _flag_error(ValueError(f"unexpected arguments: {' '.join(argv[1:])} (fields are "
+                               f"set as --config.x=y)"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax is chatty at INFO
     logging.getLogger("dynabert_jax").setLevel(logging.INFO)

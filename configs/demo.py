@@ -1,4 +1,4 @@
-"""The README demo: the whole DynaBERT pipeline on CPU in about ten minutes.
+"""The README demo: the whole DynaBERT pipeline on CPU in under twelve minutes (2 cores).
 
     python train.py                      # = --config configs/demo.py --workdir runs/demo
 
@@ -8,7 +8,7 @@ rewiring, DynaBERT_W (4 widths, 40 steps) and DynaBERT (4 widths x 3 depths, 40 
 then the 12-cell table on the full SST-2 dev set. Each stage is evaluated once, at its
 end. Without ../shared/data it uses the SST-2 slice shipped in dynabert_jax/demo_data.
 
-Deviations from the official recipe, to fit ten CPU minutes: far fewer steps, so learning
+Deviations from the official recipe, to fit CPU minutes: far fewer steps, so learning
 rates of 1e-4 instead of 2e-5, and rewiring importance in batches of 32 instead of 8.
 """
 from configs import default

@@ -163,9 +163,18 @@ class StageCheckpoints:
         if step is None:
             raise FileNotFoundError(f"no best checkpoint in {self.directory / 'best'}: has "
                                     f"this stage run?")
-        like = self._saved_shapes(step) if like is None else like
-        out = self._best.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()))
+        saved = self._saved_shapes(step)
+        where = f"checkpoint {self.directory / 'best'} step {step}"
+        if like is None:
+            like = saved
+        else:   # checked before orbax reads anything: one clear error, no read aborted
+            _check_shapes(saved, like, where)
+        try:
+            out = self._best.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(_abstract(like)),
+                meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError) as e:
+            raise CheckpointMismatchError(f"{where} does not fit this model: {e}") from e
         return out["params"], out["meta"]
 
     def _saved_shapes(self, step: int) -> Any:
@@ -181,12 +190,15 @@ class StageCheckpoints:
         return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
 
     def _check_record(self, meta: dict, where: str) -> None:
-        for key in ("model", "teacher_checksum", "task"):
+        for key in ("model", "teacher_checksum", "init_checksum", "task"):
             if key in self.record and key in meta and meta[key] != self.record[key]:
+                why = ("; it started from other parameters: the output of the stage "
+                       "before it (or config.model.pretrained) has changed since"
+                       if key == "init_checksum" else "")
                 raise CheckpointMismatchError(
                     f"{where} was written with {key}={meta[key]!r}, but this run has "
-                    f"{key}={self.record[key]!r}; use a fresh workdir or the original "
-                    f"settings")
+                    f"{key}={self.record[key]!r}{why}; use a fresh workdir or the "
+                    f"original settings")
         # "training": the flat settings that decide what was trained (trainer.py); a
         # checkpoint written before the record is taken as it is.
         old, new = meta.get("training"), self.record.get("training")
@@ -200,6 +212,24 @@ class StageCheckpoints:
     def close(self) -> None:
         self._latest.close()
         self._best.close()
+
+
+def _check_shapes(saved: Any, like: Any, where: str) -> None:
+    """`CheckpointMismatchError` naming the parameters that `saved` (shapes as written)
+    lacks, has extra or holds in another shape than `like` (the model's)."""
+    def shapes(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+                for path, leaf in leaves}
+    have, want = shapes(saved), shapes(like)
+    diffs = ([f"{k}: missing" for k in want if k not in have]
+             + [f"{k}: not in this model" for k in have if k not in want]
+             + [f"{k}: {have[k]}, this model {want[k]}" for k in want
+                if k in have and have[k] != want[k]])
+    if diffs:
+        more = f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""
+        raise CheckpointMismatchError(f"{where} does not fit this model: "
+                                      f"{'; '.join(diffs[:5])}{more}")
 
 
 def load_params(directory, like: Any = None) -> Tuple[Any, dict]:

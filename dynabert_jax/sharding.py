@@ -25,6 +25,8 @@ def make_mesh(num_devices: Optional[int] = None, devices=None) -> Mesh:
     ``jit`` with ``in_shardings`` expects (``jax.make_mesh`` defaults to ``Explicit``).
     """
     devices = list(jax.devices() if devices is None else devices)
+    if num_devices is not None and num_devices < 0:
+        raise ValueError(f"num_devices must be positive (or None: all), got {num_devices}")
     if num_devices:
         if num_devices > len(devices):
             raise ValueError(f"asked for {num_devices} devices, only {len(devices)} exist")

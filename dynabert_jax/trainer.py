@@ -498,6 +498,9 @@ def training_signature(config, stage: str, students: Sequence[SubNet], total: in
     return json.loads(json.dumps(sig))
 
 
+_TASK_HEADS = ("classifier", "qa_outputs")   # the parameters of the heads (modeling.py)
+
+
 def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                 students: Sequence[SubNet], spec: steps.LossSpec,
                 out_name: Optional[str] = None):
@@ -537,8 +540,14 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     fsdp = bool(config.mesh.fsdp)
     abstract_state = jax.eval_shape(lambda p: steps.init_state(p, tx), init_params)
     state_sh = sharding.tree_shardings(abstract_state, mesh, fsdp)
+    # What it starts from: an earlier stage's output (a stage reused or resumed after
+    # that output changed would hand on the old result as the new), or the pre-trained
+    # weights, whose task head, when drawn fresh, is a function of the seed (recorded).
+    start_from = init_params if stage not in ("teacher", "direct") else {
+        k: v for k, v in init_params.items() if k not in _TASK_HEADS}
     record = {"stage": stage, "task": ctx.task.name, "model": _model_signature(ctx.model),
               "teacher_checksum": ctx.checksum(teacher_params) if teacher_params else None,
+              "init_checksum": ctx.checksum(start_from),
               "students": [[s.width, s.depth] for s in students],
               "training": training_signature(config, stage, students, total, pad_last),
               "config": json.loads(config.to_json_best_effort())}
@@ -579,7 +588,9 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                  store.directory / "latest")
 
     batch_keys = steps.MODEL_INPUTS + label_keys(ctx.task)
-    example = {k: train[k][:rows] for k in batch_keys}
+    # Only the shapes of `example` matter (it compiles the step): `rows` rows even when
+    # the whole training set is one padded update of fewer
+    example = {k: train[k][np.arange(rows) % n_train] for k in batch_keys}
     if pad_last:   # every batch of the stage then has the weight of its rows
         example["weight"] = np.ones(rows, np.float32)
     batch_sh = {k: sharding.batch_sharding(mesh) for k in example}
@@ -652,15 +663,22 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                 state, m = step_for(length)(state, teacher_params, batch, rng)
                 m = jax.device_get(m)
                 losses = np.asarray(m["losses"])
-                if not np.all(np.isfinite(losses)):
-                    bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+                # a finite loss with an infinite gradient has updated the parameters
+                # to NaN too: neither may reach a checkpoint
+                if not (np.all(np.isfinite(losses)) and np.isfinite(m["grad_norm"])):
                     last = store.latest_step()
                     kept = (f"The last good checkpoint is step {last} in "
                             f"{store.directory / 'latest'}" if last is not None
                             else "No checkpoint had been written yet")
-                    raise NonFiniteLossError(
-                        f"{stage}: loss is {losses[bad]} at step {step + 1} in sub-network "
-                        f"{students[bad]}; stopped without saving. {kept}")
+                    if np.all(np.isfinite(losses)):
+                        what = (f"the gradient norm is {float(m['grad_norm'])} at step "
+                                f"{step + 1}")
+                    else:
+                        bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+                        what = (f"loss is {losses[bad]} at step {step + 1} in sub-network "
+                                f"{students[bad]}")
+                    raise NonFiniteLossError(f"{stage}: {what}; stopped without saving. "
+                                             f"{kept}")
                 done = step + 1
                 bar.update(1)
                 n_last += 1
@@ -709,6 +727,11 @@ def _stage_output(ctx: Context, stage: str):
     return ckpt.load_params(directory, _params_on_mesh(ctx))
 
 
+# ModelConfig fields that do not change what a frozen (deterministic) teacher computes
+_NOT_ARCHITECTURE = ("hidden_dropout_prob", "attention_probs_dropout_prob",
+                     "classifier_dropout", "initializer_range")
+
+
 def teacher_params(ctx: Context):
     """The fine-tuned teacher: ``config.teacher_checkpoint`` (a Hugging Face PyTorch
     folder, with its task head; outputs it names as the task's labels in another order are
@@ -720,11 +743,17 @@ def teacher_params(ctx: Context):
         model, params = from_pretrained_pytorch(
             path, head=ctx.model.config.head, num_labels=ctx.task.num_labels,
             require_head=True)
+        # the frozen teacher runs without dropout: only the architecture must agree
         want = dataclasses.replace(ctx.model.config, num_labels=model.config.num_labels)
-        if model.config != want:
-            raise CheckpointError(f"teacher_checkpoint {path} has another architecture "
-                                  f"than config.model.pretrained: {model.config} vs "
-                                  f"{ctx.model.config}")
+        differ = {f.name: (getattr(model.config, f.name), getattr(want, f.name))
+                  for f in dataclasses.fields(want)
+                  if f.name not in _NOT_ARCHITECTURE
+                  and getattr(model.config, f.name) != getattr(want, f.name)}
+        if differ:
+            raise CheckpointError(
+                f"teacher_checkpoint {path} has another architecture than "
+                f"config.model.pretrained: " + ", ".join(
+                    f"{k}={a!r} (pretrained: {b!r})" for k, (a, b) in differ.items()))
         labels = getattr(ctx.task, "label_list", None)
         order = label_order(read_hf_config(path), labels) if labels else None
         if order is not None:
@@ -982,6 +1011,9 @@ def _check_run_options(config, stages: Sequence[str]) -> None:
         raise ConfigError(f"unknown config.rewire.accumulate {config.rewire.accumulate!r}; "
                           f"choose one of {rewire.ACCUMULATE}")
     available = jax.device_count()
+    if config.mesh.num_devices < 0:
+        raise ConfigError(f"config.mesh.num_devices={config.mesh.num_devices} must be 0 "
+                          f"(every device) or a positive number of devices")
     n = config.mesh.num_devices or available
     if n > available:
         raise ConfigError(f"config.mesh.num_devices={n}, but only {available} device(s) "

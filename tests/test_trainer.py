@@ -14,7 +14,7 @@ import dynabert_jax as dj
 from dynabert_jax import checkpoint as ckpt
 from dynabert_jax import trainer
 
-from conftest import REPO, tiny_train_config
+from conftest import REPO, save_tiny_bert, tiny_train_config
 
 
 def _model(config):
@@ -181,6 +181,33 @@ def test_nan_loss_stops_naming_step_and_subnet(tiny_bert_dir, tmp_path):
     store.close()
 
 
+def test_an_infinite_gradient_stops_like_a_nan_loss(tiny_bert_dir, tmp_path, monkeypatch):
+    """A finite loss whose gradient is not: the update has made the parameters NaN, so
+    they must not be checkpointed (nor kept as the best) either."""
+    import jax.numpy as jnp
+    from dynabert_jax import steps
+
+    make = steps.make_train_step
+
+    def infinite_gradient(*args, **kw):
+        step = make(*args, **kw)
+
+        def run(*a):
+            state, m = step(*a)
+            return state, {**m, "grad_norm": jnp.inf}
+        return run
+
+    monkeypatch.setattr(steps, "make_train_step", infinite_gradient)
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher", checkpoint_every=1)
+    with pytest.raises(trainer.NonFiniteLossError,
+                       match=r"teacher: the gradient norm is inf at step 1; stopped without "
+                             r"saving. No checkpoint had been written yet"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    store = ckpt.StageCheckpoints(tmp_path / "run" / "teacher" / "checkpoints")
+    assert store.latest_step() is None and store.best_info() is None
+    store.close()
+
+
 def test_a_stage_trained_with_other_settings_is_not_resumed_or_reused(tiny_bert_dir,
                                                                      tiny_teacher_dir,
                                                                      tmp_path):
@@ -217,6 +244,23 @@ def test_a_stage_trained_with_other_settings_is_not_resumed_or_reused(tiny_bert_
         "data_dir"] == ""
 
 
+def test_a_stage_whose_starting_point_changed_is_not_reused(tiny_bert_dir, tiny_teacher_dir,
+                                                           tmp_path):
+    """DynaBERT_W trained from the un-rewired teacher, then rewiring switched on: the
+    finished stage is not handed on as if it had started from the rewired network."""
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="width", widths=(1.0, 0.5))
+    c.teacher_checkpoint = str(tiny_teacher_dir)
+    c.rewire.enabled = False
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    c.rewire.enabled, c.stage = True, "rewire"
+    trainer.train_and_evaluate(c, tmp_path / "run")
+    c.stage = "width"
+    with pytest.raises(ckpt.CheckpointMismatchError,
+                       match=r"width/checkpoints/latest step 2 was written with init_checksum="
+                             r".*it started from other parameters"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+
+
 def test_metrics_of_steps_after_the_checkpoint_are_not_logged_twice(tmp_path):
     from dynabert_jax import report
 
@@ -228,15 +272,36 @@ def test_metrics_of_steps_after_the_checkpoint_are_not_logged_twice(tmp_path):
     steps = [json.loads(line)["step"]
              for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+    # a row cut off by a crash mid-write is dropped (its step is logged again), not fatal
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')
+    w.drop_after(3)
+    w.write(4, loss=0.25)
+    steps = [json.loads(line)["step"]
+             for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
 
 
-def test_checkpoint_of_another_model_is_refused(tiny_bert_dir, tmp_path):
+def test_checkpoint_of_another_model_is_refused(tiny_bert_dir, tmp_path, minilm_path):
+    import transformers
+
     c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher")
     trainer.train_and_evaluate(c, tmp_path / "run")
     c.data.max_seq_length = 16
     c.model.dropout = 0.0   # another model config than the checkpoint's
     c.teacher.max_steps = 3
     with pytest.raises(ckpt.CheckpointMismatchError, match="use a fresh workdir"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    # a later stage that reads the teacher's output with a model of other shapes: the
+    # same one-line error (train.py prints it), not orbax's traceback
+    wide = save_tiny_bert(tmp_path / "wide", minilm_path, transformers.BertModel,
+                          num_hidden_layers=4, max_position_embeddings=128,
+                          intermediate_size=128)
+    c = tiny_train_config(wide, tmp_path, stage="rewire")
+    with pytest.raises(ckpt.CheckpointMismatchError,
+                       match=r"teacher/checkpoints/best step \d+ does not fit this model: "
+                             r"encoder/layer_0/intermediate/bias: \(64,\), this model "
+                             r"\(128,\);"):
         trainer.train_and_evaluate(c, tmp_path / "run")
 
 
@@ -252,6 +317,8 @@ def test_config_typo_and_unknown_stage_are_errors(tiny_bert_dir, tmp_path):
             (["--config", "configs/glue.py:stgae=all"], "bad config argument 'stgae=all'"),
             (["--config", "configs/nope.py"], "No such file or directory: "
                                               "'configs/nope.py'"),
+            (["runs/sst2"], "unexpected arguments: runs/sst2 (fields are set as "
+                            "--config.x=y)"),
             # several processes asked for, outside a cluster JAX detects, with no settings
             (["--config.distributed=true"], "jax.distributed.initialize() says: "
                                             "coordinator_address should be defined. It "
@@ -306,6 +373,8 @@ def test_bad_grid_fails_before_anything_loads(tiny_bert_dir, tmp_path, widths, d
                                r"\('float32', 'bfloat16'\)"),
     ("rewire.accumulate", "per-batch", r"unknown config.rewire.accumulate 'per-batch'"),
     ("mesh.num_devices", 64, r"config.mesh.num_devices=64, but only \d+ device"),
+    ("mesh.num_devices", -1, r"config.mesh.num_devices=-1 must be 0 \(every device\) or "
+                             r"a positive number"),
     ("width_depth.batch_size", 0, r"config.width_depth.batch_size=0 must be a positive "
                                   r"multiple"),
     ("eval_batch_size", -8, r"config.eval_batch_size=-8 must be a positive multiple"),
@@ -604,6 +673,22 @@ def test_teacher_checkpoint_must_be_fine_tuned_and_its_labels_are_put_in_order(
     np.testing.assert_array_equal(reordered["classifier"]["bias"],
                                   np.asarray(as_is["classifier"]["bias"])[[1, 0]])
     np.testing.assert_array_equal(reordered["pooler"]["kernel"], as_is["pooler"]["kernel"])
+    # the run's dropout is not the teacher's architecture (it runs without dropout) ...
+    c.teacher_checkpoint = str(tiny_teacher_dir)
+    c.model.dropout = 0.0
+    no_dropout = _teacher_of(c, tmp_path / "no_dropout", monkeypatch)
+    np.testing.assert_array_equal(no_dropout["classifier"]["kernel"],
+                                  as_is["classifier"]["kernel"])
+    # ... but another layer norm is, and the error names what differs
+    other = tmp_path / "other_eps"
+    shutil.copytree(tiny_teacher_dir, other)
+    hf = json.loads((other / "config.json").read_text())
+    hf["layer_norm_eps"] = 1e-5
+    (other / "config.json").write_text(json.dumps(hf))
+    c.teacher_checkpoint = str(other)
+    with pytest.raises(dj.CheckpointError, match=r"another architecture .*layer_norm_eps="
+                                                 r"1e-05 \(pretrained: 1e-12\)$"):
+        trainer.train_and_evaluate(c, tmp_path / "other")
 
 
 def test_gradient_accumulation_trains_like_a_large_batch_and_resumes_exactly(
@@ -678,8 +763,8 @@ def test_a_stage_with_fewer_examples_than_one_update_fails_before_any_stage_trai
 
 def test_an_epochs_last_partial_batch_trains_unless_dropped(tiny_bert_dir, tmp_path):
     """60 examples in batches of 8: 8 updates an epoch, the last of 4 real rows, as the
-    official loader (ceil); 7 with data.keep_partial_batch=false. Only a stage that had a
-    partial batch records the setting."""
+    official loader (ceil); 7 with data.keep_partial_batch=false; 5 examples: one update.
+    Only a stage that had a partial batch records the setting."""
     def updates(keep, size=60):
         c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher", **{
             "teacher.max_steps": 0, "teacher.num_epochs": 1.0, "data.train_size": size,
@@ -701,6 +786,8 @@ def test_an_epochs_last_partial_batch_trains_unless_dropped(tiny_bert_dir, tmp_p
     assert steps == list(range(1, 8)) and "data.keep_partial_batch" not in recorded
     steps, recorded = updates(True, size=64)     # no partial batch: as before
     assert steps == list(range(1, 9)) and "data.keep_partial_batch" not in recorded
+    steps, recorded = updates(True, size=5)      # fewer rows than one batch: one update
+    assert steps == [1] and recorded["data.keep_partial_batch"] is True
 
 
 def test_a_url_workdir_is_refused(tmp_path, tiny_bert_dir):
