@@ -117,8 +117,12 @@ def rankdata(x) -> np.ndarray:
 
 
 def spearman(x, y) -> float:
-    """Spearman rank correlation (scipy ``spearmanr``): Pearson of average ranks."""
+    """Spearman rank correlation (scipy ``spearmanr``): Pearson of average ranks; NaN
+    if an input is constant or holds a NaN or an infinity (a diverged model's
+    predictions would otherwise get ranks, and a score, like numbers)."""
     x, y = _pair(x, y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
     return pearson(rankdata(x), rankdata(y))
 
 

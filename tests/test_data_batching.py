@@ -249,6 +249,11 @@ def test_group_by_length_keeps_rows_groups_lengths_and_resumes():
     for g in (0, 7, spe, spe + 3):
         assert _rows(data.train_stream(a, 8, seed=5, start_global_step=g,
                                        num_steps=2 * spe - g, lengths=lengths)) == stream[g:]
+    # fewer rows than one batch, kept as one padded batch: nothing to group, no error
+    few = {k: v[:5] for k, v in a.items()}
+    (only,) = data.train_batches(few, 8, seed=5, epoch=0, lengths=lengths[:5],
+                                 drop_remainder=False, pad_remainder=True)
+    assert only["weight"].tolist() == [1] * 5 + [0] * 3
     with pytest.raises(ValueError, match="drop_remainder"):
         next(data.train_batches(a, 8, 0, 0, drop_remainder=False, lengths=lengths))
     with pytest.raises(ValueError, match="lengths has shape"):

@@ -82,6 +82,18 @@ def test_texts_are_stripped_as_the_official_tokenize_does():
     assert seen == ["it 's a charming journey .", "x"]
 
 
+def test_a_left_padding_tokenizer_is_refused(minilm_path):
+    """Batching finds a row's length from the right and pairs are padded on the right:
+    a left-padding tokenizer would silently give single sentences the other layout."""
+    from transformers import AutoTokenizer
+
+    left = AutoTokenizer.from_pretrained(str(minilm_path), local_files_only=True,
+                                         padding_side="left")
+    for b in (None, ["a pair"]):
+        with pytest.raises(ValueError, match="right-padding tokenizer.*padding_side='left'"):
+            features_mod.tokenize_texts(left, ["a sentence"], b, 16)
+
+
 def test_regression_labels_and_explicit_columns(glue_dir, minilm_tokenizer):
     ds = data.load_glue("stsb", glue_dir, "dev").select(range(40))
     by_task = data.tokenize_dataset(ds, minilm_tokenizer, "stsb", 64)

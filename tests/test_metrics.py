@@ -44,6 +44,18 @@ def test_correlations_match_scipy(seed):
     np.testing.assert_allclose(metrics.rankdata(y), scipy.stats.rankdata(y))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_correlations_of_diverged_predictions_are_nan(bad):
+    """A diverged model's NaN or infinite predictions must not score: ranks would make
+    Spearman finite, and a custom task selecting on it would keep the diverged step
+    (scipy: NaN for a NaN; it ranks an infinity)."""
+    x, y = [bad, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]
+    assert np.isnan(metrics.pearson(x, y)) and np.isnan(metrics.spearman(x, y))
+    assert np.isnan(metrics.spearman(y, x))
+    if np.isnan(bad):
+        assert np.isnan(scipy.stats.spearmanr(x, y)[0])
+
+
 def test_glue_dicts_primary_first():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 50)

@@ -113,6 +113,8 @@ def _grouped_order(order: np.ndarray, lengths: np.ndarray, batch_size: int,
     length: sort each consecutive group of ``group_batches`` batches by length
     (longest first, stable), then shuffle the order of the batches."""
     steps = len(order) // batch_size
+    if steps == 0:   # fewer rows than one batch: nothing to group
+        return order
     chunk = max(1, int(group_batches)) * batch_size
     parts = []
     for lo in range(0, len(order), chunk):

@@ -140,6 +140,11 @@ def tokenize_texts(tokenizer, texts_a: Sequence[str], texts_b: Optional[Sequence
     n = len(texts_a)
     if texts_b is not None and len(texts_b) != n:
         raise ValueError(f"texts_a has {n} rows but texts_b has {len(texts_b)}")
+    # batching (row lengths, trimmed padding) and the pair path assume right padding
+    if getattr(tokenizer, "padding_side", "right") != "right":
+        raise ValueError(f"tokenize_texts expects a right-padding tokenizer, got "
+                         f"padding_side={tokenizer.padding_side!r} (set "
+                         f"tokenizer.padding_side = 'right')")
     out = {k: np.zeros((n, max_seq_length), np.int32)
            for k in ("input_ids", "attention_mask", "token_type_ids")}
     for lo in range(0, n, chunk_size):
