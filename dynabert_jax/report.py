@@ -42,6 +42,15 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl row; infinite for a row cut off by a crash mid-write
+    (so `MetricWriter.drop_after` drops it: its step is logged again)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
+
+
 class MetricWriter:
     """Appends one JSON object per line to ``path``; optionally mirrors scalars to
     TensorBoard (needs the ``tensorboard`` package). Writes nothing on processes other
@@ -71,8 +80,7 @@ class MetricWriter:
         if not self._enabled or not self.path.is_file():
             return
         lines = self.path.read_text().splitlines()
-        keep = [line for line in lines if not line.strip()
-                or json.loads(line).get("step", 0) <= step]
+        keep = [line for line in lines if not line.strip() or _step_of(line) <= step]
         if len(keep) != len(lines):
             write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
@@ -117,12 +125,20 @@ def grid_record(task: str, metric: str, model_config, seq_len: int,
     return record
 
 
+def points_scale(task: str) -> float:
+    """The factor that puts a task's dev metric in points (0-100), as tables show it:
+    SQuAD's exact match and F1 are points already; every other metric (accuracy, F1,
+    MCC, correlations, of GLUE or a custom task) is a ratio. By task, not by value: a
+    ratio table with one NaN cell, or a SQuAD F1 under 1, is still scaled rightly."""
+    return 1.0 if str(task).lower() == "squad" else 100.0
+
+
 def markdown_table(record: Mapping) -> str:
-    """Rows: widths; columns: depths; cells: the metric (x100 for ratios in [0, 1])."""
+    """Rows: widths; columns: depths; cells: the metric in points (`points_scale`)."""
     cells = {(c["width"], c["depth"]): c for c in record["subnets"]}
     widths = sorted({w for w, _ in cells}, reverse=True)
     depths = sorted({d for _, d in cells}, reverse=True)
-    scale = 100.0 if all(abs(c["metric"]) <= 1.0 for c in cells.values()) else 1.0
+    scale = points_scale(record["task"])
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) \
         else f"{v * scale:.2f}"  # noqa: E731
     metric = record["metric"]

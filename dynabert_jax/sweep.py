@@ -138,11 +138,77 @@ def expand(axes: Sequence[Tuple[str, Sequence[str]]]) -> List[Point]:
     return points
 
 
-def extra_keys(extra: Sequence[str]) -> List[str]:
+_CONFIG_ARG = re.compile(r"--?(no)?config\.([^=]*)(=.*)?$", re.S)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigArg:
+    """One flag of train.py's command line as its parser reads it: ``key`` the config
+    field (None for an argument that is not a ``--config.x`` flag), ``value`` the text
+    it sets (``"true"``/``"false"`` for a bare or ``--no`` boolean; None where train.py
+    finds none: it refuses the flag), ``args`` the arguments it spans, ``boolean``
+    whether the field is one of ml_collections' boolean-style flags."""
+
+    key: Optional[str]
+    value: Optional[str]
+    args: Tuple[str, ...]
+    boolean: bool = False
+
+
+def _field_type(cfg, key: str):
+    """ml_collections' type of config field ``key`` (what picks the parser of its
+    ``--config.key`` flag), or None where there is no config or it lacks the field."""
+    if cfg is None:
+        return None
+    from ml_collections.config_flags import config_path
+
+    try:
+        return config_path.get_type(key, cfg)
+    except (KeyError, AttributeError, IndexError, ValueError, TypeError):
+        return None
+
+
+def config_args(extra: Sequence[str], cfg=None) -> List[ConfigArg]:
+    """``extra`` split as train.py's parser (absl, with ml_collections' ``--config.x``
+    flags) splits it, so that a flag and its value are found, compared or dropped
+    together: ``--config.x=v``; ``--config.x v``, unless ``x`` is a boolean field
+    (type ``bool``, or ``object``: ml_collections lets both be bare), for which a bare
+    ``--config.x`` is true and ``--noconfig.x`` false, and the next argument is not its
+    value (train.py refuses it as an unexpected argument); one dash works as two. The
+    field's type comes from ``cfg``, the loaded config; without it, or for a field it
+    lacks (train.py refuses that flag anyway), a bare flag takes the next argument as
+    its value unless that starts with ``-``."""
+    out, i = [], 0
+    while i < len(extra):
+        a = extra[i]
+        i += 1
+        m = _CONFIG_ARG.match(a)
+        if not m or not m.group(2):
+            out.append(ConfigArg(None, None, (a,)))
+            continue
+        negated, key, eq = m.group(1) is not None, m.group(2), m.group(3)
+        ftype = _field_type(cfg, key)
+        boolean = ftype is bool or ftype is object or (ftype is None and negated)
+        if negated:   # absl: only a boolean flag has a --no form, and it takes no value
+            out.append(ConfigArg(key, "false" if boolean and eq is None else None, (a,),
+                                 boolean))
+        elif eq is not None:
+            out.append(ConfigArg(key, eq[1:], (a,), boolean))
+        elif boolean:
+            out.append(ConfigArg(key, "true", (a,), True))
+        elif i < len(extra) and (ftype is not None or not extra[i].startswith("-")):
+            out.append(ConfigArg(key, extra[i], (a, extra[i])))
+            i += 1
+        else:
+            out.append(ConfigArg(key, None, (a,)))
+    return out
+
+
+def extra_keys(extra: Sequence[str], cfg=None) -> List[str]:
     """The config fields that arguments for train.py (after ``--``) override:
-    ``--config.width.learning_rate=1e-4`` or ``--config.seed 3``."""
-    return [a[len("--config."):].split("=", 1)[0] for a in extra
-            if a.startswith("--config.")]
+    ``--config.width.learning_rate=1e-4``, ``--config.seed 3``, ``--noconfig.progress``
+    (see `config_args`)."""
+    return [c.key for c in config_args(extra, cfg) if c.key is not None]
 
 
 def check_keys(config: str, keys: Sequence[str], extra: Sequence[str] = ()):
@@ -169,13 +235,64 @@ def check_keys(config: str, keys: Sequence[str], extra: Sequence[str] = ()):
         for p in added:
             sys.path.remove(p)
     for key, where in [(k, f"--set {k}") for k in keys] + [
-            (k, f"--config.{k} (after --)") for k in extra_keys(extra)]:
+            (k, f"--config.{k} (after --)") for k in extra_keys(extra, cfg)]:
         node = cfg
         for part in key.split("."):
             if not hasattr(node, "keys") or part not in node.keys():
                 raise SweepError(f"{where}: {path} has no field {key!r}")
             node = node[part]
+        if where.startswith("--set") and hasattr(node, "keys"):
+            # train.py would take only a dict literal for it: every point would fail
+            field = f"{key}.{next(iter(node.keys()), 'x')}"
+            raise SweepError(f"{where}: {key!r} is a section of {path}, not a field; sweep "
+                             f"a field of it (--set {field}=V1,V2)")
     return cfg
+
+
+def _parse_like_train(cfg, args: Sequence[str], where: str) -> None:
+    """`SweepError` if ``--config.x`` flags ``args`` do not parse over ``cfg`` as
+    train.py parses them (its ``DEFINE_config_file`` is ml_collections' config flag too:
+    the field type's parser, a boolean's forms, the order of overrides). On a copy,
+    with flags of its own: nothing here changes ``cfg`` or absl's global flags."""
+    import copy
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["train.py"] + list(args)
+    values = flags.FlagValues()
+    try:
+        config_flags.DEFINE_config_dict("config", copy.deepcopy(cfg), flag_values=values,
+                                        sys_argv=argv)
+        values(argv)
+    except Exception as e:   # noqa: BLE001 - whatever it is, train.py fails on it too
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise SweepError(f"{where}: train.py would refuse it: "
+                         f"{lines[-1] if lines else type(e).__name__}") from None
+
+
+def check_values(cfg, axes: Sequence[Tuple[str, Sequence[str]]],
+                 extra: Sequence[str] = ()) -> None:
+    """`SweepError` if a swept value, or a ``--config.x`` flag after ``--``, would not
+    parse in train.py (``--set seed=a``, ``--config.distributed=yes``), or a boolean
+    field is given its value as the next argument (``--config.distributed false`` is
+    true, and leaves ``false`` over for train.py to refuse): every point would fail on
+    it, each after starting its own process. ``cfg``: what `check_keys` loaded; a value
+    is checked as the points pass it, ``--config.KEY=VALUE``."""
+    for key, values in axes:
+        for v in values:
+            _parse_like_train(cfg, [f"--config.{key}={v}"], f"--set {key}={v}")
+    items = config_args(extra, cfg)
+    for prev, item in zip(items, items[1:]):
+        if (prev.boolean and prev.key is not None and "=" not in prev.args[0]
+                and item.key is None and not item.args[0].startswith("-")):
+            raise SweepError(
+                f"{prev.args[0]} {item.args[0]} (after --): a boolean field takes its "
+                f"value after '=', --config.{prev.key}={item.args[0]}; as two arguments "
+                f"train.py reads {prev.args[0]} alone and refuses {item.args[0]!r}")
+    flags_ = [a for c in items if c.key is not None for a in c.args]
+    if flags_:
+        _parse_like_train(cfg, flags_, "the --config flags after --")
 
 
 CACHE_KEY = "compilation_cache_dir"
@@ -282,45 +399,45 @@ def make_lanes(lanes: int, pin: str, env: Mapping[str, str]) -> List[Lane]:
 # Running
 
 
-def shared_flags(extra: Sequence[str]) -> List[str]:
+def shared_flags(extra: Sequence[str], cfg=None) -> List[str]:
     """``extra`` less the flags that may differ between the hosts of one run (their
     process id, their own paths and reporting: ``trainer.PER_PROCESS``), so that the
-    sweeps started on several hosts recognise each other's records."""
+    sweeps started on several hosts recognise each other's records. A flag goes with
+    the value it spans as train.py reads it (`config_args`, with ``cfg``'s field types):
+    a bare boolean such as ``--config.tensorboard`` takes no value, so the next flag,
+    which may set what changes a run, stays."""
     from dynabert_jax.trainer import PER_PROCESS
 
-    kept, skip_value = [], False
-    for a in extra:
-        if skip_value:   # the value of ``--config.KEY VALUE``
-            skip_value = False
-            continue
-        key = a[len("--config."):].split("=", 1)[0] if a.startswith("--config.") else None
-        if key in PER_PROCESS:
-            skip_value = "=" not in a
-            continue
-        kept.append(a)
-    return kept
+    return [a for c in config_args(extra, cfg) if c.key not in PER_PROCESS for a in c.args]
 
 
-def flag_value(cfg, extra: Sequence[str], key: str):
-    """The value of top-level config field ``key`` once ``extra`` overrides it, for the
-    boolean fields the sweep itself must know (``distributed``)."""
+def flag_value(cfg, extra: Sequence[str], key: str) -> bool:
+    """The value of top-level boolean config field ``key`` once ``extra`` overrides it
+    (the last flag that sets it, in any of the forms train.py takes: ``=true``, a bare
+    ``--config.key``, ``--noconfig.key``), for the fields the sweep itself must know
+    (``distributed``)."""
+    from absl import flags
+
     value = cfg.get(key) if cfg is not None else None
-    for i, a in enumerate(extra):
-        if a == f"--config.{key}" and i + 1 < len(extra) and not extra[i + 1].startswith("-"):
-            value = extra[i + 1]
-        elif a.startswith(f"--config.{key}="):
-            value = a.split("=", 1)[1]
+    for c in config_args(extra, cfg):
+        if c.key == key and c.value is not None:
+            value = c.value
     if isinstance(value, str):
-        return value.strip().lower() in ("true", "t", "1", "yes", "y")
+        try:
+            return flags.BooleanParser().parse(value)
+        except ValueError:
+            raise SweepError(f"--config.{key}={value}: not a boolean (true or false)"
+                             ) from None
     return bool(value)
 
 
 def finished(workdir: pathlib.Path, config: str, extra: Sequence[str],
-             several_hosts: bool = False) -> Dict[str, dict]:
+             several_hosts: bool = False, cfg=None) -> Dict[str, dict]:
     """Points whose last record says done (exit status 0) with this config and these
     extra flags. ``several_hosts``: flags that may differ between the hosts are not
-    compared, so every host reads every host's records and all skip the same points."""
-    same = shared_flags if several_hosts else list
+    compared, so every host reads every host's records and all skip the same points
+    (``cfg``, the loaded config, tells which flags take a value: `shared_flags`)."""
+    same = (lambda e: shared_flags(e, cfg)) if several_hosts else list
     done = {}
     for rec in read_jsonl(workdir / "sweep.jsonl"):
         if rec.get("config") != config or same(rec.get("extra", [])) != same(extra):
@@ -446,12 +563,13 @@ def run_jobs(jobs: Sequence[Tuple[str, List[str]]], lanes: Sequence[Lane],
 def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str] = (),
               rerun: bool = False, env: Optional[Mapping[str, str]] = None,
               shared_cache: bool = True, lanes: int = 1, pin: str = "auto",
-              several_hosts: bool = False) -> List[dict]:
+              several_hosts: bool = False, cfg=None) -> List[dict]:
     """Train every point not finished yet, one process each, ``lanes`` at a time (see
     `make_lanes`); returns one record per point (``point``, ``rc``, ``seconds``;
     ``skipped`` for points already done). With more than one lane each point's output
     goes to ``<workdir>/logs/<point>.log``. ``several_hosts``: this sweep is one of the
-    same sweeps started on every host of a ``distributed`` run (see `finished`)."""
+    same sweeps started on every host of a ``distributed`` run (see `finished`; ``cfg``
+    the loaded config, for the flags' types)."""
     workdir = pathlib.Path(workdir)
     env = dict(env or os.environ)
     if several_hosts and lanes > 1:
@@ -460,7 +578,7 @@ def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str
                          "time; leave out --lanes")
     lane_list = make_lanes(lanes, pin, env)
     workdir.mkdir(parents=True, exist_ok=True)
-    done = {} if rerun else finished(workdir, config, extra, several_hosts)
+    done = {} if rerun else finished(workdir, config, extra, several_hosts, cfg)
     records, jobs, number = [], [], {}
     for i, p in enumerate(points, 1):
         number[p.name] = i
@@ -513,20 +631,23 @@ def run_sweep(points: Sequence[Point], config: str, workdir, extra: Sequence[str
 
 
 def read_point(path: pathlib.Path) -> dict:
-    """A point's teacher metric and its grids' primary metric per cell (absent grids
-    left out): ``{"metric", "teacher", "methods": {method: {(w, d): value}}}``."""
-    out = {"metric": None, "teacher": None, "methods": {}}
+    """A point's task, teacher metric and its grids' primary metric per cell (absent
+    grids left out), as the grids hold them (ratios, SQuAD's points):
+    ``{"task", "metric", "teacher", "methods": {method: {(w, d): value}}}``."""
+    out = {"task": None, "metric": None, "teacher": None, "methods": {}}
     for method, (rel, _) in METHODS.items():
         f = path / rel
         if f.is_file():
             grid = json.loads(f.read_text())
             out["methods"][method] = {k: c["metric"] for k, c in grid_cells(grid).items()}
             out["metric"] = grid.get("metric", out["metric"])
+            out["task"] = out["task"] or grid.get("task")
             if grid.get("teacher") and out["teacher"] is None:
                 out["teacher"] = grid["teacher"]["metric"]
     teacher_eval = path / "teacher" / "eval.json"
     if out["teacher"] is None and teacher_eval.is_file() and (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text())
+        out["task"] = out["task"] or cfg.get("task")
         if cfg.get("task") != "squad":
             import ml_collections
 
@@ -539,9 +660,10 @@ def read_point(path: pathlib.Path) -> dict:
 
 
 def _stats(values: Sequence[float]) -> dict:
-    """Mean, sd, min, max and the values, x100, unrounded: rounding here and again when
-    printing would show 671/872 = 76.9495 as 76.95, then as 77.0 instead of 76.9."""
-    vals = [100 * v for v in values]
+    """Mean, sd, min, max and the values (in points already: `summarize`), unrounded:
+    rounding here and again when printing would show 671/872 = 76.9495 as 76.95, then
+    as 77.0 instead of 76.9."""
+    vals = list(values)
     return {"mean": statistics.mean(vals),
             "sd": statistics.stdev(vals) if len(vals) > 1 else None,
             "min": min(vals), "max": max(vals), "n": len(vals), "values": vals}
@@ -549,15 +671,26 @@ def _stats(values: Sequence[float]) -> dict:
 
 def summarize(points: Sequence[Point], workdir) -> dict:
     """Group the points by their non-seed overrides; per group, per method and cell, the
-    statistics of the dev metric (x100) over the group's points that have it."""
+    statistics of the dev metric in points over the group's points that have it: each
+    point's values times `report.points_scale` of its task (x100 for ratios; SQuAD's EM
+    and F1 are points already, and x100 showed an F1 of 88 as 8800). ``tasks``: the
+    tasks the points' grids name (one, unless the sweep sweeps ``task``)."""
+    from dynabert_jax.report import points_scale
+
     workdir = pathlib.Path(workdir)
     groups: Dict[Tuple, List[Point]] = {}
     for p in points:
         groups.setdefault(p.group, []).append(p)
-    out_groups, metric = [], None
+    out_groups, metric, tasks = [], None, set()
     for key, members in groups.items():
         read = {p.name: read_point(workdir / p.name) for p in members}
         metric = metric or next((r["metric"] for r in read.values() if r["metric"]), None)
+        for r in read.values():
+            scale = points_scale(r["task"] or "")
+            r["teacher"] = None if r["teacher"] is None else scale * r["teacher"]
+            r["methods"] = {m: {c: scale * v for c, v in cells.items()}
+                            for m, cells in r["methods"].items()}
+            tasks.update([r["task"]] if r["task"] else [])
         g = {"overrides": dict(key), "points": [p.name for p in members],
              "seeds": [p.seed for p in members if p.seed is not None],
              "missing": [n for n, r in read.items()
@@ -574,7 +707,7 @@ def summarize(points: Sequence[Point], workdir) -> dict:
                 g["methods"][method] = [{"width": w, "depth": d, **_stats(vs)}
                                         for (w, d), vs in per_cell.items()]
         out_groups.append(g)
-    return {"metric": metric, "groups": out_groups}
+    return {"metric": metric, "tasks": sorted(tasks), "groups": out_groups}
 
 
 def _fmt(s: Optional[dict]) -> str:
@@ -586,11 +719,17 @@ def _fmt(s: Optional[dict]) -> str:
 
 
 def to_markdown(summary: dict) -> str:
-    """One table per method: a row per (width, depth), a column per group."""
+    """One table per method: a row per (width, depth), a column per group; the header
+    says how the metric was scaled (`summarize`)."""
+    from dynabert_jax.report import points_scale
+
     groups = summary["groups"]
     heads = [", ".join(f"{k}={v}" for k, v in g["overrides"].items()) or "all" for g in groups]
-    lines = [f"dev {summary['metric'] or 'metric'} x100; mean ± sd over seeds where a group "
-             f"has several"]
+    scales = {points_scale(t) for t in summary.get("tasks") or [""]}
+    unit = ("x100" if scales == {100.0} else "in points, as SQuAD gives them"
+            if scales == {1.0} else "in points (x100, SQuAD's as given)")
+    lines = [f"dev {summary['metric'] or 'metric'} {unit}; mean ± sd over seeds where a "
+             f"group has several"]
     lines += ["", "| | " + " | ".join(heads) + " |", "|---|" + "---|" * len(groups),
               "| teacher | " + " | ".join(_fmt(g["teacher"]) for g in groups) + " |"]
     for method, (_, label) in METHODS.items():
@@ -665,6 +804,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         axes = parse_axes(args.axes)
         cfg = check_keys(args.config, [k for k, _ in axes], extra)
+        check_values(cfg, axes, extra)
         several_hosts = flag_value(cfg, extra, "distributed")
         points = expand(axes)
         if args.dry_run:
@@ -678,7 +818,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             records = run_sweep(points, args.config, workdir, extra, rerun=args.rerun,
                                 env=env, shared_cache=not args.no_shared_cache,
                                 lanes=args.lanes, pin=args.pin,
-                                several_hosts=several_hosts)
+                                several_hosts=several_hosts, cfg=cfg)
             failed = [r["point"] for r in records if r["rc"] != 0]
         summary, md = write_summary(points, workdir)
     except SweepError as e:

@@ -106,7 +106,7 @@ def test_the_sweeps_of_several_hosts_read_each_others_records(tmp_path, capsys):
     cfg = {"distributed": False}
     assert not sweep.flag_value(cfg, ["--config.seed=1"], "distributed")
     assert sweep.flag_value(cfg, ["--config.distributed=True"], "distributed")
-    assert sweep.flag_value(cfg, ["--config.distributed", "true"], "distributed")
+    assert sweep.flag_value(cfg, ["--config.distributed"], "distributed")   # bare: true
     assert not sweep.flag_value({"distributed": True}, ["--config.distributed=false"],
                                 "distributed")
     # each point takes every host, so one at a time
@@ -115,6 +115,95 @@ def test_the_sweeps_of_several_hosts_read_each_others_records(tmp_path, capsys):
                        "--config.distributed=true"]) == 2
     assert "every point runs on all the hosts together" in capsys.readouterr().err
     assert not (tmp_path / "sw").exists()
+
+
+def _as_train_reads(cfg, extra):
+    """The config train.py builds from ``extra`` (ml_collections' own flag parsing)."""
+    import copy
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv, values = ["train.py"] + list(extra), flags.FlagValues()
+    holder = config_flags.DEFINE_config_dict("config", copy.deepcopy(cfg),
+                                             flag_values=values, sys_argv=argv)
+    values(argv)
+    return holder.value
+
+
+def test_flags_after_the_double_dash_are_read_as_train_py_reads_them(tmp_path, capsys):
+    cfg = sweep.check_keys(f"{REPO}/configs/default.py", [])
+    assert not cfg.distributed and cfg.progress and cfg.seed != 3
+    # each form ml_collections takes: =value, a separate value (not for a boolean), a bare
+    # boolean (true), --noconfig.x for a boolean (false), one dash
+    forms = ["--config.seed", "3", "--config.distributed", "--noconfig.progress",
+             "-config.log_every=7", "--config.tensorboard", "--config.eval_batch_size=8"]
+    assert [(c.key, c.value, c.args) for c in sweep.config_args(forms, cfg)] == [
+        ("seed", "3", ("--config.seed", "3")), ("distributed", "true", (forms[2],)),
+        ("progress", "false", (forms[3],)), ("log_every", "7", (forms[4],)),
+        ("tensorboard", "true", (forms[5],)), ("eval_batch_size", "8", (forms[6],))]
+    read = _as_train_reads(cfg, forms)
+    assert (read.seed, read.distributed, read.progress, read.log_every, read.tensorboard,
+            read.eval_batch_size) == (3, True, False, 7, True, 8)
+    # whether the points run on several hosts: as train.py reads it, whatever the form
+    for extra in (["--config.distributed"], ["--config.distributed", "--config.seed=1"],
+                  ["--config.distributed=true", "--noconfig.distributed"],
+                  ["--noconfig.distributed", "-config.distributed=T"],
+                  ["--config.distributed", "false"]):   # bare: true, `false` left over
+        assert sweep.flag_value(cfg, extra, "distributed") == _as_train_reads(
+            cfg, extra).distributed, extra
+    with pytest.raises(sweep.SweepError, match="not a boolean"):
+        sweep.flag_value(cfg, ["--config.distributed=yes"], "distributed")
+    # a bare per-host boolean takes no value: the flag after it is compared, not dropped
+    host = ["--config.distributed=true", "--config.tensorboard", "--noconfig.progress",
+            "--config.process_id", "1", "--config.log_every", "5",
+            "--config.width_depth.learning_rate=1e-3"]
+    assert sweep.shared_flags(host, cfg) == ["--config.distributed=true",
+                                             "--config.width_depth.learning_rate=1e-3"]
+    (tmp_path / "sweep.jsonl").write_text(json.dumps(
+        {"point": "seed=1", "overrides": {"seed": "1"}, "config": "c.py", "rc": 0,
+         "extra": host[:-1] + ["--config.width_depth.learning_rate=5e-5"]}) + "\n")
+    assert sweep.finished(tmp_path, "c.py", host, several_hosts=True, cfg=cfg) == {}
+    other_host = ["--config.distributed=true", "--config.process_id=0",
+                  "--config.width_depth.learning_rate=5e-5"]
+    assert list(sweep.finished(tmp_path, "c.py", other_host, True, cfg)) == ["seed=1"]
+    # a bare --config.distributed is several hosts too: --lanes is refused
+    base = ["--config", f"{REPO}/configs/default.py", "--workdir", str(tmp_path / "sw"),
+            "--set", "seed=1,2"]
+    assert sweep.main(base + ["--lanes", "2", "--", "--config.distributed"]) == 2
+    assert "every point runs on all the hosts together" in capsys.readouterr().err
+    # a boolean's value as the next argument, or a --no form train.py refuses
+    for extra, match in [
+            (["--config.distributed", "false"], "--config.distributed false (after --): a "
+             "boolean field takes its value after '=', --config.distributed=false"),
+            (["--noconfig.seed"], "Unknown command line flag 'noconfig.seed'"),
+            (["--noconfig.progress=false"], "does not take an argument"),
+            (["--config.seed=3", "--config.distributed=yes"], "Non-boolean argument"),
+            (["--noconfig.progres"], "has no field 'progres'")]:
+        assert sweep.main(base + ["--"] + extra) == 2, extra
+        assert match in capsys.readouterr().err, extra
+    assert not (tmp_path / "sw").exists()
+    assert sweep.main(base + ["--dry-run", "--"] + forms) == 0
+
+
+def test_a_section_or_a_value_train_py_would_refuse_is_refused_before_any_run(tmp_path,
+                                                                            capsys):
+    base = ["--config", f"{REPO}/configs/results.py:task=rte", "--workdir",
+            str(tmp_path / "sw")]
+    for axis, match in [
+            ("width=1,2", "--set width: 'width' is a section of"),
+            ("seed=1,a", "--set seed=a: train.py would refuse it: flag --config.seed=a: "
+                         "invalid literal for int()"),
+            ("width_depth.learning_rate=1e-4,fast", "--set width_depth.learning_rate=fast"),
+            ("distributed=false,maybe", "Non-boolean argument")]:
+        assert sweep.main(base + ["--set", axis]) == 2, axis
+        assert match in capsys.readouterr().err, axis
+    assert not (tmp_path / "sw").exists()
+    cfg = sweep.check_keys(base[1], ["seed", "widths"])
+    sweep.check_values(cfg, sweep.parse_axes(
+        ["seed=1,2", "widths=(1.0,0.5),(1.0,)", "width_depth.learning_rate=1e-4,5e-5",
+         "distributed=false,true"]))
+    assert cfg.seed == 42   # checked on a copy
 
 
 def test_lanes_split_the_cores_or_the_gpus(monkeypatch):
@@ -232,8 +321,8 @@ def _interrupt_two_running_jobs(tmp_path, signum):
     assert not (tmp_path / "j2.ready").exists()   # never started
 
 
-def _grid(metric_by_cell, teacher):
-    return {"task": "rte", "metric": "acc", "teacher": {"metric": teacher},
+def _grid(metric_by_cell, teacher, task="rte", metric="acc"):
+    return {"task": task, "metric": metric, "teacher": {"metric": teacher},
             "subnets": [{"width": w, "depth": d, "metric": v}
                         for (w, d), v in metric_by_cell.items()]}
 
@@ -261,6 +350,7 @@ def test_summary_averages_seeds_within_a_group(tmp_path):
     assert g1["teacher"]["mean"] == pytest.approx(71.0)
     assert g1["methods"]["direct"][0]["n"] == 1
     assert g2["missing"] == ["lr=3e-5__seed=2"] and g2["methods"]["dynabert"][0]["n"] == 1
+    assert md.startswith("dev acc x100; mean ± sd over seeds")
     assert "| 1 | 1 | 62.0 ± 2.8 (n=2) | 58.0 |" in md
     assert "| 0.25 | 0.5 | 52.0 ± 2.8 (n=2) | 56.0 |" in md
     assert "| mean | | 57.0 (2 cells) | 57.0 (2 cells) |" in md
@@ -283,6 +373,32 @@ def test_summary_table_rounds_once(tmp_path):
     assert "| 1 | 1 | 75.1 ± 2.6 (n=2) |" in md
     (group,) = summary["groups"]
     assert group["teacher"]["values"] == [100 * 671 / 872] * 2
+
+
+def test_summary_is_in_points_for_squad_as_for_ratio_metrics(tmp_path):
+    # SQuAD's EM and F1 are points already (x100 showed a teacher F1 of 88 as 8800.0);
+    # GLUE's ratios are scaled. By task (report.points_scale), point by point.
+    points = sweep.expand(sweep.parse_axes(["seed=1,2"]))
+    for p, f1 in zip(points, (85.0, 86.0)):
+        (tmp_path / "squad" / p.name / "width_depth").mkdir(parents=True)
+        (tmp_path / "squad" / p.name / "width_depth" / "grid.json").write_text(json.dumps(
+            _grid({(1.0, 1.0): f1, (0.5, 1.0): 80.0}, 88.0, "squad", "f1")))
+    summary, md = sweep.write_summary(points, tmp_path / "squad")
+    assert summary["tasks"] == ["squad"]
+    assert md.splitlines()[0].startswith("dev f1 in points, as SQuAD gives them;")
+    assert "| teacher | 88.0 ± 0.0 (n=2) |" in md
+    assert "| 1 | 1 | 85.5 ± 0.7 (n=2) |" in md and "| 0.5 | 1 | 80.0 ± 0.0 (n=2) |" in md
+    assert summary["groups"][0]["teacher"]["values"] == [88.0, 88.0]
+    # a sweep over tasks: each point scaled by its own
+    points = sweep.expand(sweep.parse_axes(["task=squad,rte"]))
+    for p, (grid, task) in zip(points, [((85.0, 88.0), "squad"), ((0.7, 0.75), "rte")]):
+        (tmp_path / "tasks" / p.name / "width_depth").mkdir(parents=True)
+        (tmp_path / "tasks" / p.name / "width_depth" / "grid.json").write_text(json.dumps(
+            _grid({(1.0, 1.0): grid[0]}, grid[1], task, "f1" if task == "squad" else "acc")))
+    summary, md = sweep.write_summary(points, tmp_path / "tasks")
+    assert summary["tasks"] == ["rte", "squad"]
+    assert "in points (x100, SQuAD's as given)" in md.splitlines()[0]
+    assert "| teacher | 88.0 | 75.0 |" in md and "| 1 | 1 | 85.0 | 70.0 |" in md
 
 
 def _flags(tiny_bert_dir, tmp_path, teacher):
