@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from dynabert_jax.report import MODEL_SHAPE_KEYS
+from dynabert_jax.report import MODEL_SHAPE_KEYS, points_scale
 
 #: The encoder fields a latency table must share with the grid to apply to it.
 _SHAPE_MATCH = tuple(k for k in MODEL_SHAPE_KEYS if k != "model_type")
@@ -53,6 +53,7 @@ class Selection:
     metric: str
     budgets: Dict[str, float]
     latency_source: Optional[str] = None
+    task: str = ""              # the grid's task: how its metric is shown (`points_scale`)
 
     def explain(self) -> str:
         """Every candidate, and the choice with its reason."""
@@ -62,7 +63,7 @@ class Selection:
         lines = [head, "|---" * (head.count("|") - 1) + "|"]
         order = lambda c: (-c.metric if math.isfinite(c.metric) else math.inf, c.flops)
         for c in sorted(self.candidates, key=order):   # NaN cells last
-            row = f"| {c.width:g} | {c.depth:g} | {_fmt_metric(c.metric)} | " \
+            row = f"| {c.width:g} | {c.depth:g} | {_fmt_metric(c.metric, self.task)} | " \
                   f"{c.params / 1e6:.2f} | {c.flops / 1e9:.3f} |"
             if lat:
                 row += f" {'-' if c.latency_ms is None else f'{c.latency_ms:.2f}'} |"
@@ -77,7 +78,7 @@ class Selection:
             fits = sum(c.fits for c in self.candidates)
             lines.append(
                 f"\nchosen: width {b.width:g}, depth {b.depth:g}: {self.metric} "
-                f"{_fmt_metric(b.metric)}, the most accurate of the {fits} of "
+                f"{_fmt_metric(b.metric, self.task)}, the most accurate of the {fits} of "
                 f"{len(self.candidates)} sub-networks that fit ({'; '.join(b.met)})")
         return "\n".join(lines)
 
@@ -91,6 +92,16 @@ class Selection:
             elif min(values) > limit:
                 parts.append(f"the smallest {_LABEL[key]} is {_fmt(key, min(values))}, "
                              f"over the budget of {_fmt(key, limit)}")
+        # Cells that meet every budget but have no score (NaN) are "within" yet unfit.
+        within = [c for c in self.candidates if len(c.met) == len(self.budgets)]
+        if not parts and within:
+            cells = ", ".join(f"({c.width:g}, {c.depth:g})" for c in within)
+            budget = "budget" if len(self.budgets) == 1 else "budgets"
+            parts.append(
+                (f"the only sub-network within the {budget}, {cells}, has" if len(within) == 1
+                 else f"the {len(within)} sub-networks within the {budget}, {cells}, have")
+                + f" no finite dev {self.metric} (NaN: e.g. a correlation of constant "
+                  f"predictions)")
         if not parts:
             parts.append("each budget alone is met by some sub-network, but none meets "
                          "all of them at once")
@@ -115,8 +126,9 @@ def _fmt(key: str, v: float) -> str:
     return f"{v / 1e6:.2f} M"
 
 
-def _fmt_metric(v: float) -> str:
-    return f"{v * 100:.2f}" if abs(v) <= 1.0 else f"{v:.2f}"
+def _fmt_metric(v: float, task: str) -> str:
+    """The metric in points, by task (`points_scale`): SQuAD's as it is, ratios x100."""
+    return f"{v * points_scale(task):.2f}"
 
 
 def parse_amount(text) -> float:
@@ -139,17 +151,34 @@ def load_json(path, what: str) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise SelectionError(f"{what} {path} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:   # a binary file (a checkpoint, an archive)
+        raise SelectionError(f"{what} {path} is not a JSON text file ({e.reason} at "
+                             f"byte {e.start})") from e
 
 
-def _check_grid(record: Mapping) -> None:
+def _check_grid(record: Mapping, where: str = "the results file") -> None:
+    """A SelectionError naming ``where`` unless ``record`` is a grid.json whose every
+    cell has numbers for width, depth, metric (NaN allowed), params and flops."""
     if not isinstance(record, Mapping) or not isinstance(record.get("subnets"), list) \
             or not record["subnets"]:
-        raise SelectionError("the results file is not a grid.json written by train.py "
-                             "(no 'subnets' list)")
+        raise SelectionError(f"{where} is not a grid.json written by train.py "
+                             f"(no 'subnets' list)")
     for c in record["subnets"]:
+        if not isinstance(c, Mapping):
+            raise SelectionError(f"{where} is not a grid.json written by train.py: cell "
+                                 f"{c!r} is not a mapping of width, depth, metric, params "
+                                 f"and flops")
         missing = [k for k in ("width", "depth", "metric", "params", "flops") if k not in c]
         if missing:
-            raise SelectionError(f"grid.json cell {c} lacks {missing}")
+            raise SelectionError(f"{where}: grid.json cell {c} lacks {missing}")
+        for k in ("width", "depth", "metric", "params", "flops"):
+            try:
+                value = float(c[k])
+                if k != "metric":
+                    int(value)   # params as an int; NaN or inf only for the metric
+            except (TypeError, ValueError, OverflowError):
+                raise SelectionError(f"{where}: grid.json cell {c} has a {k} that is not "
+                                     f"a number: {c[k]!r}") from None
 
 
 def latency_table(latency: Mapping, record: Mapping, *, batch_size: Optional[int] = None,
@@ -231,7 +260,11 @@ def select(record: Mapping, *, max_latency_ms: Optional[float] = None,
             if column not in row:
                 raise SelectionError(f"the latency table has no {column!r} column "
                                      f"(runtimes: {sorted(k[:-3] for k in row if k.endswith('_ms'))})")
-            lat[(float(row["width"]), float(row["depth"]))] = float(row[column])
+            try:
+                lat[(float(row["width"]), float(row["depth"]))] = float(row[column])
+            except (KeyError, TypeError, ValueError):
+                raise SelectionError(f"the latency table's row {row} lacks a numeric width, "
+                                     f"depth or {column!r}") from None
     candidates = []
     for c in record["subnets"]:
         key = (float(c["width"]), float(c["depth"]))
@@ -252,8 +285,8 @@ def select(record: Mapping, *, max_latency_ms: Optional[float] = None,
                                     float(c["flops"]), ms, not failed, met, failed))
     fitting = [c for c in candidates if c.fits]
     best = max(fitting, key=lambda c: (c.metric, -c.flops)) if fitting else None
-    return Selection(best, candidates, record.get("metric", "metric"), budgets,
-                     latency_source)
+    return Selection(best, candidates, str(record.get("metric", "metric")), budgets,
+                     latency_source, str(record.get("task", "")))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -288,12 +321,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      f"once DynaBERT_W or DynaBERT is evaluated)")
             results = results / "grid.json"
         record = load_json(results, "results file")
-        _check_grid(record)
+        try:
+            _check_grid(record, f"results file {results}")
+        except SelectionError:
+            raise
+        except (TypeError, ValueError, KeyError) as e:   # a malformed file, in one line
+            raise SelectionError(f"results file {results} is not a grid.json written by "
+                                 f"train.py ({type(e).__name__}: {e})") from e
         table, source = None, None
         if args.latency:
-            table, source = latency_table(load_json(args.latency, "latency file"), record,
-                                          batch_size=args.batch_size, seq_len=args.seq_len,
-                                          model=args.latency_model, dtype=args.dtype)
+            lat_json = load_json(args.latency, "latency file")
+            try:
+                table, source = latency_table(lat_json, record,
+                                              batch_size=args.batch_size,
+                                              seq_len=args.seq_len,
+                                              model=args.latency_model, dtype=args.dtype)
+            except SelectionError:
+                raise
+            except (TypeError, ValueError, KeyError, AttributeError) as e:
+                raise SelectionError(f"latency file {args.latency} is not a JSON written "
+                                     f"by bench/latency.py ({type(e).__name__}: {e})") from e
         if args.max_latency_ms is not None and args.max_latency_ms <= 0:
             raise SelectionError("--max-latency-ms must be positive")
         sel = select(record,

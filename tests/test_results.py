@@ -217,3 +217,68 @@ def test_stage_setup_names_gradient_accumulation_only_when_used(tmp_path):
                         "stages": {"teacher": teacher, "width_depth": setup}}}
     assert ("; batch 8 (batches accumulated per update: width_depth 4);"
             in results.task_markdown(record))
+
+
+def _hand_grid(vals, **kw):
+    return dict({"subnets": [{"width": w, "depth": d, "metric": v, "params": 1, "flops": 1}
+                             for (w, d), v in vals.items()]}, **kw)
+
+
+def test_squad_points_are_not_scaled_again(tmp_path):
+    # SQuAD's F1 is in points already: 88.0 is 88.0, not 8800.0; a GLUE ratio is x100.
+    rec = _hand_grid({(1.0, 1.0): 88.0, (0.25, 0.5): 80.0}, task="squad", metric="f1",
+                     teacher={"metric": 90.0}, seq_len=384)
+    rec["baselines"] = {"direct": _hand_grid({(1.0, 1.0): 89.0, (0.25, 0.5): 75.0})}
+    rec["targets"] = t = results.targets(rec)
+    assert t["full_minus_teacher"] == pytest.approx(-2.0)
+    assert t["minus_direct"] == pytest.approx({"1,1": -1.0, "0.25,0.5": 5.0})
+    md = results.task_markdown(rec)
+    assert "- Teacher: **90.0**." in md
+    assert "| 1 | 1 | 0.0 | 0.00 | **88.0** | 89.0 | -1.0 |" in md
+    assert "8800" not in md
+    assert "| squad | 90.0 | 88.0 | -2.0 | -10.0 | 1 of 2 | -1.0 at (1,1) |" in \
+        results.summary_markdown([rec])
+    glue = _hand_grid({(1.0, 1.0): 0.88}, task="sst2", metric="acc", teacher={"metric": 0.9})
+    glue["targets"] = results.targets(glue)
+    assert glue["targets"]["full_minus_teacher"] == pytest.approx(-2.0)
+    assert "**88.0**" in results.task_markdown(glue)
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    labels = []
+    real = plt.Axes.set_ylabel
+    try:   # the plot's axis: points as they are, with no "(x100)"
+        plt.Axes.set_ylabel = lambda ax, text, *a, **k: labels.append(text) or real(ax, text)
+        results.plot(rec, tmp_path / "squad.png")
+        results.plot(glue, tmp_path / "sst2.png")
+    finally:
+        plt.Axes.set_ylabel = real
+    assert labels == ["dev f1", "dev acc (x100)"]
+
+
+def test_stsb_paper_column_says_spearman():
+    rec = _hand_grid({(1.0, 1.0): 0.85}, task="stsb", metric="pearson",
+                     teacher={"metric": 0.857})
+    md = results.task_markdown(rec)
+    assert "- Teacher: **85.7** (paper's BERT-base teacher, dev spearmanr: 89.8)." in md
+    assert md.splitlines()[-3].endswith("| **DynaBERT** | paper (BERT-base, dev spearmanr) |")
+    assert md.splitlines()[-1] == "| 1 | 1 | 0.0 | 0.00 | **85.0** | 90.1 |"
+    rec.update(metric="spearmanr")   # a run selected on Spearman: nothing to say
+    assert "| paper (BERT-base) |" in results.task_markdown(rec)
+    rec.update(task="mrpc", metric="acc")
+    assert "| paper (BERT-base) |" in results.task_markdown(rec)
+
+
+def test_results_cli_bad_latency_input(tmp_path, capsys):
+    run = tmp_path / "runs" / "sst2"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    args = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o")]
+    assert results.main(args + ["--latency", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: latency file {tmp_path / 'missing.json'} does not exist\n"
+    for bad in ("1,x", "0", ","):
+        assert results.main(args + ["--latency-batch-sizes", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--latency-batch-sizes takes positive integers" in err and \
+            len(err.splitlines()) == 1

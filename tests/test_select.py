@@ -147,3 +147,59 @@ def test_cli_takes_the_workdir_for_its_grid(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert sel.main(["--results", str(tmp_path / "empty"), "--max-flops", "1G"]) == 2
     assert "is a folder without a grid.json" in capsys.readouterr().err
+
+
+def test_metric_points_go_by_task_not_by_value():
+    # SQuAD's F1 is in points already (88.0, or 0.9 for a model that learned nothing);
+    # a ratio is x100 whatever its value.
+    squad = grid()
+    squad.update(task="squad", metric="f1")
+    for c, f1 in zip(squad["subnets"], (88.0, 86.0, 84.0, 84.0, 80.0, 0.9)):
+        c["metric"] = f1
+    text = sel.select(squad, max_flops=2e9).explain()
+    assert "| 1 | 1 | 88.00 |" in text and "| 0.25 | 0.5 | 0.90 |" in text
+    assert "chosen: width 1, depth 1: f1 88.00," in text and "8800" not in text
+    text = sel.select(grid(), max_flops=2e9).explain()
+    assert "| 1 | 1 | 90.00 |" in text and "f1" not in text
+
+
+def test_malformed_grid_is_bad_input(tmp_path, capsys):
+    (tmp_path / "bin.json").write_bytes(b"\x80\x04\x95\xff\x00binary")
+    assert sel.main(["--results", str(tmp_path / "bin.json"), "--max-flops", "1G"]) == 2
+    err = capsys.readouterr().err
+    assert "bin.json is not a JSON text file" in err and len(err.strip().splitlines()) == 1
+    for name, rec in (("ints.json", {"subnets": [1]}),
+                      ("strs.json", {"subnets": [dict(grid()["subnets"][0], flops="x")]}),
+                      ("nulls.json", {"subnets": [dict(grid()["subnets"][0], params=None)]})):
+        (tmp_path / name).write_text(json.dumps(rec))
+        assert sel.main(["--results", str(tmp_path / name), "--max-flops", "1G"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: results file {tmp_path / name}") and \
+            len(err.strip().splitlines()) == 1
+    with pytest.raises(sel.SelectionError, match="is not a mapping"):
+        sel.select({"subnets": [1]}, max_flops=1)
+    (tmp_path / "grid.json").write_text(json.dumps(grid()))
+    (tmp_path / "lat.json").write_text(json.dumps({"tables": [1]}))
+    assert sel.main(["--results", str(tmp_path / "grid.json"), "--latency",
+                     str(tmp_path / "lat.json"), "--max-latency-ms", "10"]) == 2
+    assert "lat.json is not a JSON written by bench/latency.py" in capsys.readouterr().err
+
+
+def test_nothing_fits_names_cells_without_a_score():
+    rec = grid()
+    for c in rec["subnets"][-2:]:   # (0.25, 1) and (0.25, 0.5): constant predictions
+        c["metric"] = float("nan")
+    s = sel.select(rec, max_flops=0.4e9)
+    assert s.best is None
+    text = s.explain()
+    assert ("nothing fits: the 2 sub-networks within the budget, (0.25, 1), (0.25, 0.5), "
+            "have no finite dev acc (NaN") in text
+    assert "none meets all of them at once" not in text
+    s = sel.select(rec, max_flops=0.2e9, max_params=14e6)
+    assert "the only sub-network within the budgets, (0.25, 0.5), has no finite dev acc" \
+        in s.explain()
+    # Each budget met by a cell, none by one cell: not about the scores.
+    rec["subnets"] = [dict(rec["subnets"][0], flops=0.1e9, params=30e6, metric=0.9),
+                      dict(rec["subnets"][1], flops=2e9, params=10e6, metric=0.8)]
+    text = sel.select(rec, max_flops=1e9, max_params=20e6).explain()
+    assert "each budget alone is met by some sub-network, but none meets all" in text
