@@ -7,6 +7,9 @@
 #                                                    # bf16, fp32, tf32 (500 s)
 #   bash bench/gpu.sh OUTDIR latency-minilm [DIR]    # the same for MiniLM (DIR: its HF
 #                                                    # checkpoint if the package is missing)
+#   bash bench/gpu.sh OUTDIR latency-bert-bf16w      # BERT-base in bf16 with bf16 weights on
+#                                                    # both sides (PyTorch model.to(bf16), no
+#                                                    # autocast): the bf16 deployment case
 #   bash bench/gpu.sh OUTDIR train-bf16-minilm       # stages single/1/2, batch 32 (480 s)
 #   bash bench/gpu.sh OUTDIR train-bf16-bert         # stages single/1, batch 32 (290 s)
 #   bash bench/gpu.sh OUTDIR train-bf16-bert-b128    # stage 1 at batch 128, for MFU (200 s)
@@ -36,7 +39,8 @@
 #                                                    # first, within one call (LEASE_SECONDS,
 #                                                    # 560): latency-minilm (bf16 and fp32),
 #                                                    # mfu-profile, train-bf16-bert-stage2,
-#                                                    # mfu-dropout, latency-bert, mfu-rbg
+#                                                    # mfu-dropout, latency-bert, mfu-rbg,
+#                                                    # latency-bert-bf16w
 #
 #   bash bench/gpu.sh OUTDIR results TASK            # docs/results.md at full size: the
 #                                                    # official recipe on TASK's whole training
@@ -86,10 +90,12 @@ print('jax devices', jax.devices(), '| torch',
 import dynabert_jax"
 } 2>&1 | tee "$out/env.txt" || exit 1
 
-latency() {  # $1: shape; JAX and PyTorch share the GPU in one process: JAX takes 45%
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$py" bench/latency.py --gpu-protocol --shapes "$1" \
+latency() {  # $1: shape, $2: name suffix, then more latency.py arguments; JAX and
+  # PyTorch share the GPU in one process: JAX takes 45%
+  local shape=$1 name=$1${2:-}; shift 2
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 "$py" bench/latency.py --gpu-protocol --shapes "$shape" \
     --dtype "${LATENCY_DTYPES:-bfloat16,float32,tf32}" ${minilm:+--minilm-dir "$minilm"} \
-    --out "$out/latency-gpu-$1.json" 2>&1 | tee "$out/latency-$1.log"
+    --out "$out/latency-gpu-$name.json" "$@" 2>&1 | tee "$out/latency-$name.log"
 }
 train() {  # $1: name, then train_throughput.py arguments
   local name=$1; shift
@@ -119,7 +125,7 @@ lease() {  # the parts in order while time is left; each one stopped at what rem
   # part:seconds it needs to be worth starting, mostly compiling (on an H100: 160 s for
   # BERT-base's stage-1 step, ~330 s for stage 2)
   for p in latency-minilm:240 mfu-profile:200 train-bf16-bert-stage2:400 mfu-dropout:200 \
-           latency-bert:500 mfu-rbg:200; do
+           latency-bert:500 mfu-rbg:200 latency-bert-bf16w:150; do
     need=${p#*:} p=${p%%:*} left=$((end - SECONDS))
     if [ "$left" -lt "$need" ]; then
       echo "lease: $left s left, not starting $p (needs about $need s)"; continue
@@ -132,8 +138,9 @@ lease() {  # the parts in order while time is left; each one stopped at what rem
 
 case $part in
   lease) lease ;;
-  latency-bert) latency bert-base ;;
-  latency-minilm) latency minilm ;;
+  latency-bert) latency bert-base "" ;;
+  latency-minilm) latency minilm "" ;;
+  latency-bert-bf16w) LATENCY_DTYPES=bfloat16 latency bert-base -bf16w --bf16-weights ;;
   train-bf16-minilm) train bf16-minilm "${bf16[@]}" --shapes minilm ;;
   train-bf16-bert) train bf16-bert "${bf16[@]}" --shapes bert-base --stages single,1 ;;
   train-bf16-bert-b128)

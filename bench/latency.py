@@ -83,6 +83,10 @@ def parse_args(argv=None):
     ap.add_argument("--gpu-protocol", action="store_true",
                     help=f"on a GPU: {GPU_BATCHES} batches of {GPU_BATCH}x{GPU_SEQ} "
                          f"in float32 and bfloat16 (overrides batch, seq, reps, dtype)")
+    ap.add_argument("--bf16-weights", action="store_true",
+                    help="with --dtype bfloat16: both sides hold bf16 weights (ours cast "
+                         "once; PyTorch model.to(bfloat16), no autocast), as a bf16 "
+                         "deployment would, instead of float32 weights cast per call")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "latency.json"))
     args = ap.parse_args(argv)
     if args.gpu_protocol:
@@ -94,6 +98,8 @@ def parse_args(argv=None):
     bad = [d for d in args.dtype.split(",") if d not in PRECISIONS]
     if bad:
         ap.error(f"unknown --dtype {bad}; choose from {sorted(PRECISIONS)}")
+    if args.bf16_weights and "bfloat16" not in args.dtype.split(","):
+        ap.error("--bf16-weights applies to --dtype bfloat16")
     return args
 
 
@@ -181,6 +187,9 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
     compute, jax_precision, _, _ = PRECISIONS[dtype]
     jmodel = dj.DynaBertModel(model.config, dtype=getattr(jnp, compute))
     small_model, small_params = dj.extract_subnetwork(jmodel, params, subnet)
+    bf16_weights = args.bf16_weights and dtype == "bfloat16"
+    if bf16_weights:   # stored in bf16 once, not cast from float32 inside every call
+        small_params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), small_params)
     device = jax.devices(backend)[0]
     small_params = jax.device_put(small_params, device)
     jin = {k: jax.device_put(np.asarray(v, np.int32), device) for k, v in inputs.items()}
@@ -197,6 +206,8 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
     tmodel = torch_subnetwork(model, params, subnet).to(tdev)
     tin = {k: torch.as_tensor(v).to(tdev) for k, v in inputs.items()}
     autocast_dtype = set_torch_precision(torch, dtype)
+    if bf16_weights:
+        tmodel, autocast_dtype = tmodel.to(torch.bfloat16), None
     autocast = torch.autocast(tdev, dtype=autocast_dtype,
                               enabled=autocast_dtype is not None)
 
@@ -363,6 +374,8 @@ def main(argv=None):
                                        "torch_allow_tf32": tf, "torch_autocast": ac}
                                    for d, (c, jp, tf, ac) in PRECISIONS.items()
                                    if d in args.dtype.split(",")},
+                     "weights": ("bfloat16 under --dtype bfloat16 (--bf16-weights)"
+                                 if args.bf16_weights else "float32"),
                      "minilm_dir": args.minilm_dir,
                      "flops": "encoder FLOPs of one sequence (dynabert_jax.flops)",
                      "speedup": "ours, full network ms / sub-network ms (same table)",

@@ -353,7 +353,8 @@ def main():
     ap.add_argument("--steps", default="3",
                     help="timed steps: N, or per shape as minilm=3,bert-base=2")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="PyTorch intra-op threads (JAX's CPU client uses every core)")
     ap.add_argument("--frameworks", default="jax,torch")
     ap.add_argument("--torch-device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(PRECISIONS),
