@@ -51,10 +51,13 @@ def _apply(model, params, batch, **kw):
                        token_type_ids=batch.get("token_type_ids"), **kw)
 
 
-def _max_diff_real_tokens(ours, theirs, mask):
-    m = np.asarray(mask).astype(bool)
-    return max(float(np.abs(np.asarray(a)[m] - b.numpy()[m]).max())
-               for a, b in zip(ours, theirs))
+def _max_diff_all_positions(ours, theirs):
+    """Max |ours - theirs| over every layer and every position, padded ones included: the
+    official hidden-state loss is a mean over all ``B x 128 x 768`` elements with no
+    attention mask (spec 7.4), so what the model puts at [PAD] positions is trained on
+    and must match too. Measured on MiniLM: <= 1.2e-5 (values up to ~10.5; padded rows
+    are the larger part, real tokens alone <= 6e-6); on the random RoBERTa <= 1.5e-6."""
+    return max(float(np.abs(np.asarray(a) - b.numpy()).max()) for a, b in zip(ours, theirs))
 
 
 def test_full_network_parity_real_minilm(minilm):
@@ -62,8 +65,7 @@ def test_full_network_parity_real_minilm(minilm):
     out = _apply(model, params, batch)
     r = run(ref, batch)
     assert len(out.hidden_states) == 7 == len(r.hidden_states)
-    assert _max_diff_real_tokens(out.hidden_states, r.hidden_states,
-                                 batch["attention_mask"]) <= 1e-4
+    assert _max_diff_all_positions(out.hidden_states, r.hidden_states) <= 5e-5
     np.testing.assert_allclose(out.pooled_output, r.pooler_output.numpy(), atol=1e-4)
 
 
@@ -74,8 +76,7 @@ def test_grid_parity_real_minilm(minilm, width, depth):
     out = _apply(model, params, batch, subnet=subnet)
     r = run(pruned_copy(ref, width, depth), batch)
     assert len(out.hidden_states) == subnet.num_layers(model.config) + 1 == len(r.hidden_states)
-    assert _max_diff_real_tokens(out.hidden_states, r.hidden_states,
-                                 batch["attention_mask"]) <= 1e-4
+    assert _max_diff_all_positions(out.hidden_states, r.hidden_states) <= 5e-5
     # The extracted dense sub-network computes the same thing with no slicing.
     small_model, small_params = dj.extract_subnetwork(model, params, subnet)
     small = _apply(small_model, small_params, batch)
@@ -107,9 +108,13 @@ def random_roberta():
 def test_grid_parity_random_roberta(random_roberta, width, depth):
     model, params, ref, batch = random_roberta
     out = _apply(model, params, batch, subnet=SubNet(width, depth))
-    r = run(pruned_copy(ref, width, depth), batch)
-    assert _max_diff_real_tokens(out.hidden_states, r.hidden_states,
-                                 batch["attention_mask"]) <= 1e-4
+    # The official RoBERTa positions are arange(2, seq + 2) for every token, pads included
+    # (spec 1.3); Hugging Face's default gives pads position 1, so hand it the official ids
+    # to compare padded positions as well.
+    seq = batch["input_ids"].shape[1]
+    positions = torch.arange(2, seq + 2).expand(len(batch["input_ids"]), seq)
+    r = run(pruned_copy(ref, width, depth), batch, position_ids=positions)
+    assert _max_diff_all_positions(out.hidden_states, r.hidden_states) <= 5e-5
     np.testing.assert_allclose(out.logits, r.logits.numpy(), atol=1e-4)
 
 
@@ -169,15 +174,30 @@ def test_masks_of_ones_change_nothing_and_zero_mask_equals_pruning():
 def test_dropout_only_when_not_deterministic():
     model, params = _tiny()
     ids = jnp.ones((2, 8), jnp.int32)
-    a = model.apply({"params": params}, ids, deterministic=True).hidden_states[-1]
-    b = model.apply({"params": params}, ids, deterministic=True).hidden_states[-1]
-    np.testing.assert_array_equal(a, b)
+    a = model.apply({"params": params}, ids, deterministic=True).hidden_states
+    b = model.apply({"params": params}, ids, deterministic=True).hidden_states
+    np.testing.assert_array_equal(a[-1], b[-1])
     c = model.apply({"params": params}, ids, deterministic=False,
-                    rngs={"dropout": jax.random.PRNGKey(0)}).hidden_states[-1]
+                    rngs={"dropout": jax.random.PRNGKey(0)}).hidden_states
     d = model.apply({"params": params}, ids, deterministic=False,
-                    rngs={"dropout": jax.random.PRNGKey(1)}).hidden_states[-1]
-    assert not np.allclose(a, c) and not np.allclose(c, d)
-
+                    rngs={"dropout": jax.random.PRNGKey(1)}).hidden_states
+    assert not np.allclose(a[-1], c[-1]) and not np.allclose(c[-1], d[-1])
+    # The embedding output (hidden_states[0], which the hidden-state loss compares) carries
+    # the embedding dropout in training (spec 2.2, 7.4): inverted dropout at rate 0.1, so
+    # each element is either 0 or the deterministic value / 0.9, and about 10% are 0.
+    p = model.config.hidden_dropout_prob
+    emb, noisy = np.asarray(a[0]), np.asarray(c[0])
+    dropped = noisy == 0
+    assert 0.03 < dropped.mean() < 0.2, dropped.mean()   # 512 elements, expect ~51 zeros
+    np.testing.assert_allclose(noisy[~dropped], emb[~dropped] / (1 - p), rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(c[0], d[0])
+    # At rate 0 the stochastic path is the deterministic one, embeddings to logits.
+    model0, params0 = _tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    det = model0.apply({"params": params0}, ids, deterministic=True)
+    sto = model0.apply({"params": params0}, ids, deterministic=False,
+                       rngs={"dropout": jax.random.PRNGKey(0)})
+    for x, y in zip(det.hidden_states + (det.logits,), sto.hidden_states + (sto.logits,)):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_both_attention_formulations_agree():
@@ -211,15 +231,32 @@ def test_both_attention_formulations_agree():
                                    err_msg=jax.tree_util.keystr(path))
 
 
+def _rel_max_err(ours, ref):
+    ours, ref = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
 def test_bfloat16_compute_float32_params():
+    """bfloat16 compute must track the float32 model in relative terms: the tiny model's
+    logits are ~1e-2, so an absolute tolerance would accept anything (even zeros). The
+    hidden states are O(1) (LayerNorm outputs). Measured max |bf16 - f32| / max |f32|:
+    <= 0.013 per hidden state and <= 0.017 for the logits over several inputs and
+    sub-networks (here <= 0.012 and <= 0.012); bfloat16 keeps 8 mantissa bits (0.4%)."""
     model, params = _tiny()
     bf16 = dj.DynaBertModel(model.config, dtype=jnp.bfloat16)
     ids = jax.random.randint(jax.random.PRNGKey(0), (2, 8), 1, 50)
-    out32 = model.apply({"params": params}, ids, subnet=SubNet(.5, .5))
-    out16 = bf16.apply({"params": params}, ids, subnet=SubNet(.5, .5))
-    assert out16.hidden_states[-1].dtype == jnp.bfloat16
-    assert out16.logits.dtype == jnp.float32
-    np.testing.assert_allclose(out16.logits, out32.logits, atol=5e-2)
+    for subnet in (SubNet(.5, .5), SubNet(1.0, 1.0)):
+        out32 = model.apply({"params": params}, ids, subnet=subnet)
+        out16 = bf16.apply({"params": params}, ids, subnet=subnet)
+        assert out16.hidden_states[-1].dtype == jnp.bfloat16
+        assert out16.logits.dtype == jnp.float32
+        assert len(out16.hidden_states) == len(out32.hidden_states)
+        for i, (h16, h32) in enumerate(zip(out16.hidden_states, out32.hidden_states)):
+            assert float(jnp.abs(h32).max()) > 0.5   # O(1): the relative check bites
+            assert _rel_max_err(h16, h32) <= 4e-2, (subnet, i, _rel_max_err(h16, h32))
+        assert _rel_max_err(out16.pooled_output, out32.pooled_output) <= 4e-2
+        assert _rel_max_err(out16.logits, out32.logits) <= 4e-2, \
+            (subnet, _rel_max_err(out16.logits, out32.logits))
 
 
 def test_heads_outputs():
