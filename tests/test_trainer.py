@@ -27,14 +27,72 @@ def _like(config):
     return jax.eval_shape(lambda: dj.init_params(model))
 
 
+#: what each stage of the `all_stages` run was given: (stage, out_name, checksum of its
+#: starting parameters, checksum of its teacher or None, its LossSpec); and the batches
+#: rewiring computed importance on
+_CALLS, _REWIRE_BATCHES = [], []
+
+
 @pytest.fixture(scope="module")
 def all_stages(tiny_bert_dir, tmp_path_factory):
-    """One run of the whole chain (with final fine-tuning) on the tiny model."""
+    """One run of the whole chain (with final fine-tuning) on the tiny model, recording
+    what each stage started from and distilled from (`_CALLS`)."""
+    from dynabert_jax import rewire
+
     tmp = tmp_path_factory.mktemp("all")
     config = tiny_train_config(tiny_bert_dir, tmp, **{"final.enabled": True,
                                                       "report_memory": True})
-    record = trainer.train_and_evaluate(config, tmp / "run")
+    train_stage, rewire_network = trainer.train_stage, rewire.rewire_network
+
+    def recording_train_stage(ctx, stage, init, teacher, students, spec, out_name=None):
+        _CALLS.append((stage, out_name, ckpt.tree_checksum(init),
+                       ckpt.tree_checksum(teacher) if teacher else None, spec))
+        return train_stage(ctx, stage, init, teacher, students, spec, out_name=out_name)
+
+    def recording_rewire(model, params, batches, **kw):
+        batches = list(batches)
+        _REWIRE_BATCHES.extend(batches)
+        return rewire_network(model, params, batches, **kw)
+
+    _CALLS.clear()
+    _REWIRE_BATCHES.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "train_stage", recording_train_stage)
+        mp.setattr(rewire, "rewire_network", recording_rewire)
+        record = trainer.train_and_evaluate(config, tmp / "run")
     return config, tmp / "run", record
+
+
+@pytest.mark.slow
+def test_each_stage_starts_and_distils_from_the_official_parameters(all_stages):
+    """Spec 4.2-4.4 and checklist 9: DynaBERT_W starts from the rewired teacher and
+    distils from the fine-tuned teacher (lambdas 1 / 0.1); DynaBERT starts from
+    DynaBERT_W's output and distils from it (1 / 1); final fine-tuning starts from
+    DynaBERT's output on the labels alone; rewiring reads the whole dev set in batches
+    of 8 (the official --per_gpu_eval_batch_size for importance)."""
+    config, run, _ = all_stages
+    like = _like(config)
+
+    def output(stage):
+        return ckpt.tree_checksum(ckpt.load_params(run / stage / "checkpoints", like)[0])
+
+    calls = {stage: (init, teacher, spec) for stage, _, init, teacher, spec in _CALLS}
+    assert [c[0] for c in _CALLS] == ["teacher", "width", "width_depth", "final"]
+    init, teacher, spec = calls["teacher"]
+    assert teacher is None and spec.kind == "task"
+    init, teacher, spec = calls["width"]
+    assert init == output("rewire") and teacher == output("teacher")
+    assert (spec.kind, spec.lambda_logit, spec.lambda_hidden) == ("distill", 1.0, 0.1)
+    assert not (spec.label_loss or spec.mask_padding or spec.width_matched_teacher)
+    init, teacher, spec = calls["width_depth"]
+    assert init == teacher == output("width")
+    assert (spec.kind, spec.lambda_logit, spec.lambda_hidden) == ("distill", 1.0, 1.0)
+    assert not (spec.label_loss or spec.mask_padding or spec.width_matched_teacher)
+    init, teacher, spec = calls["final"]
+    assert init == output("width_depth") and teacher is None and spec.kind == "task"
+    # rewiring: every dev example once (the fixture's 32), in batches of 8
+    assert {len(b["input_ids"]) for b in _REWIRE_BATCHES} == {8}
+    assert sum(float(np.sum(b.get("weight", 1.0))) for b in _REWIRE_BATCHES) == 32
 
 
 @pytest.mark.slow
@@ -160,6 +218,28 @@ def test_teacher_from_pytorch_checkpoint_skips_teacher_stage(all_stages, tmp_pat
     same, _ = ckpt.load_params(run / "rewire" / "checkpoints", like)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                            rewired, same)
+
+
+def test_the_default_config_is_the_official_recipe():
+    """Spec 4 and checklist 9: what a run gets without flags."""
+    from configs import default
+
+    c = default.get_config()
+    for stage in ("teacher", "width", "width_depth", "final", "direct"):
+        s = c[stage]
+        assert (s.learning_rate, s.num_epochs, s.max_steps, s.batch_size) == (2e-5, 3.0, 0, 32)
+        assert (s.weight_decay, s.adam_epsilon, s.max_grad_norm) == (0.0, 1e-8, 1.0)
+        assert s.warmup_ratio == -1.0 and s.grad_accum_steps == 1   # auto: 0 BERT, 6% RoBERTa
+        assert s.eval_every == (10 if stage == "final" else 50), stage
+    assert (c.width.lambda_logit, c.width.lambda_hidden) == (1.0, 0.1)
+    assert (c.width_depth.lambda_logit, c.width_depth.lambda_hidden) == (1.0, 1.0)
+    assert c.width.objective == "distill" and not c.final.enabled
+    assert not any(c.loss.values())   # no label loss, padding in the MSE, full-width teacher
+    assert (c.rewire.enabled, c.rewire.accumulate, c.rewire.batch_size) == (True, "official", 8)
+    assert c.widths == (1.0, 0.75, 0.5, 0.25) and c.depths == (1.0, 0.75, 0.5)
+    assert c.data.max_seq_length == 128 and c.data.keep_partial_batch
+    assert c.data.pad_to_multiple_of == 0 and not c.data.group_by_length
+    assert c.model.dropout == -1.0 and c.model.dtype == "float32"   # the checkpoint's 0.1
 
 
 def test_stage_without_its_input_says_what_to_run(tiny_bert_dir, tmp_path):
