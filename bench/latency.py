@@ -37,7 +37,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from machine import cpu_name  # noqa: E402  (bench/)
 from precisions import PRECISIONS, set_torch_precision  # noqa: E402  (bench/)
 
 SHAPES = {
@@ -304,15 +304,7 @@ def device_string(backend, threads) -> str:
         import jax
 
         return f"{jax.devices('gpu')[0].device_kind} (gpu)"
-    name = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, {threads} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {threads} threads"
 
 
 def write_json(path, result):
