@@ -14,8 +14,16 @@ DynaBERT (``width_depth``), DynaBERT_W (``width``), the baselines (``direct``,
 - the tables of ``<out>/results.md``, between the ``BEGIN/END GENERATED`` markers; text
   outside the markers is kept, so the discussion can be written by hand.
 
-Latency columns come from a ``bench/latency.py`` JSON (``--latency``) whose model shape
-matches the runs'.
+Latency columns come from ``bench/latency.py`` JSONs (``--latency``, one file or one per
+batch size) whose model shape matches the runs'.
+
+The run folders are not needed to publish again: ``--records docs/results`` reads the
+published ``<task>.json`` files instead, recomputes their targets and, with
+``--latency``, replaces their latency columns (after the benchmarks ran again, on
+another machine):
+
+    python -m dynabert_jax.results --records docs/results --out docs \
+        --latency docs/benchmarks/latency-cpu-b1.json docs/benchmarks/latency-cpu-b32.json
 """
 from __future__ import annotations
 
@@ -169,6 +177,17 @@ def collect_run(workdir) -> dict:
     return record
 
 
+def read_record(path) -> dict:
+    """A published ``<task>.json`` (as written by `main`), its targets recomputed."""
+    record = read_json(pathlib.Path(path), "")
+    if not isinstance(record, dict) or not isinstance(record.get("subnets"), list) \
+            or record.get("task") not in TASKS or "metric" not in record:
+        raise ResultsError(f"{path} is not a results record (a grid.json with task, "
+                           f"metric and subnets)")
+    record["targets"] = targets(record)
+    return record
+
+
 def grid_cells(record: Mapping) -> Dict[tuple, Mapping]:
     return {(float(c["width"]), float(c["depth"])): c for c in record.get("subnets", [])}
 
@@ -202,16 +221,33 @@ def targets(record: Mapping) -> dict:
     return out
 
 
-def attach_latency(record: dict, latency: Mapping, batch_sizes: Sequence[int],
+def attach_latency(record: dict, latency, batch_sizes: Sequence[int],
                    model: Optional[str] = None) -> None:
-    """Add ``record["latency"][str(batch)] = {"w,d": ms}`` from a bench/latency.py JSON
-    (tables matched on the run's model shape, or named by ``model``)."""
+    """Set ``record["latency"][str(batch)] = {"w,d": ms}`` from bench/latency.py JSONs
+    (one, or a list: e.g. one file per batch size), tables matched on the run's model
+    shape or named by ``model``. Each batch size must be in exactly one file."""
+    files = [latency] if isinstance(latency, Mapping) else list(latency)
     out = {}
     for bs in batch_sizes:
-        table, desc = select_lib.latency_table(latency, record, batch_size=bs, model=model)
+        found, errors = [], []
+        for lat in files:
+            try:
+                found.append((lat, *select_lib.latency_table(lat, record, batch_size=bs,
+                                                             model=model)))
+            except select_lib.SelectionError as e:
+                errors.append(str(e))
+        if not found:
+            raise select_lib.SelectionError(errors[0] if len(errors) == 1 else
+                                            f"no latency file has a table for batch {bs}: "
+                                            + "; ".join(errors))
+        if len(found) > 1:
+            raise select_lib.SelectionError(
+                f"{len(found)} latency files have a table for batch {bs} of this model: "
+                f"pass one")
+        source, table, desc = found[0]
         out[str(bs)] = {"source": desc, "seq_len": table.get("seq_len"),
                         "model": table.get("model"), "dtype": table.get("dtype"),
-                        "device": latency.get("device"),
+                        "device": source.get("device"),
                         "ms": {f"{r['width']:g},{r['depth']:g}": r["jax_ms"]
                                for r in table["rows"]}}
     record["latency"] = out
@@ -396,22 +432,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dynabert_jax.results",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", required=True, help="folder of run workdirs (one per task)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--runs", help="folder of run workdirs (one per task)")
+    src.add_argument("--records", help="folder of published <task>.json records (e.g. "
+                     "docs/results), to publish again without the runs")
     p.add_argument("--out", default="docs", help="writes <out>/results/ and <out>/results.md")
-    p.add_argument("--latency", default="", help="a bench/latency.py JSON for the ms columns")
+    p.add_argument("--latency", nargs="+", default=[],
+                   help="bench/latency.py JSONs for the ms columns (e.g. one per batch size)")
     p.add_argument("--latency-batch-sizes", default="1,32")
     p.add_argument("--latency-model", default=None,
                    help="the latency table's model name, for runs that predate shape records")
     args = p.parse_args(argv)
-    runs = pathlib.Path(args.runs)
-    folders = sorted(d for d in runs.iterdir() if (d / "config.json").is_file()) \
-        if runs.is_dir() else []
-    if not folders:
-        print(f"error: no run folders (with config.json) under {runs}", file=sys.stderr)
-        return 2
+    if args.runs is not None:
+        runs = pathlib.Path(args.runs)
+        sources = sorted(d for d in runs.iterdir() if (d / "config.json").is_file()) \
+            if runs.is_dir() else []
+        if not sources:
+            print(f"error: no run folders (with config.json) under {runs}", file=sys.stderr)
+            return 2
+    else:
+        folder = pathlib.Path(args.records)
+        sources = sorted(f for f in folder.glob("*.json") if f.stem in TASKS) \
+            if folder.is_dir() else []
+        if not sources:
+            print(f"error: no <task>.json records under {folder}", file=sys.stderr)
+            return 2
     try:
-        latency = select_lib.load_json(args.latency, "latency file") if args.latency \
-            else None
+        latency = [select_lib.load_json(f, "latency file") for f in args.latency] or None
         batch_sizes = [int(b) for b in args.latency_batch_sizes.split(",") if b.strip()]
         if not batch_sizes or min(batch_sizes) < 1:
             raise ValueError(args.latency_batch_sizes)
@@ -424,22 +471,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     out = pathlib.Path(args.out)
     (out / "results").mkdir(parents=True, exist_ok=True)
-    records, images = [], {}
-    for folder in folders:
+    records, images, skipped = [], {}, []
+    for source in sources:
         try:
-            rec = collect_run(folder)
+            rec = collect_run(source) if args.runs is not None else read_record(source)
             if latency is not None:
                 attach_latency(rec, latency, batch_sizes, args.latency_model)
         except (CheckpointError, ResultsError, select_lib.SelectionError) as e:
-            print(f"skipped {folder}: {e}", file=sys.stderr)
+            print(f"skipped {source}: {e}", file=sys.stderr)
+            skipped.append(source)
             continue
+        records.append(rec)
+    if args.records is not None and skipped:
+        # Publishing again must not drop a task from the page: all or nothing.
+        print(f"error: nothing written ({len(skipped)} of {len(sources)} records "
+              f"skipped)", file=sys.stderr)
+        return 2
+    for rec in records:
         task = rec["task"]
         js = out / "results" / f"{task}.json"
         write_json_atomic(js, rec)
         plot(rec, out / "results" / f"{task}.png")
         images[task] = f"results/{task}.png"
-        records.append(rec)
-        print(f"{folder} -> {js}")
+        print(f"{task} -> {js}")
     if not records:
         return 2
     records.sort(key=lambda r: TASK_ORDER.index(r["task"]) if r["task"] in TASK_ORDER else 99)

@@ -75,6 +75,24 @@ def test_published_results_parse():
         assert isinstance(record, dict), path
 
 
+def test_results_page_is_rendered_from_its_records():
+    # docs/results.md's tables are docs/results/<task>.json rendered, targets included
+    # (records that kept targets rounded to two decimals rendered three gaps 0.1 off):
+    # `python -m dynabert_jax.results --records docs/results` publishes the same page.
+    from dynabert_jax import results
+    records = [json.loads(p.read_text()) for p in
+               sorted((ROOT / "docs" / "results").glob("*.json"),
+                      key=lambda p: results.TASK_ORDER.index(p.stem))]
+    assert [r["task"] for r in records] == ["sst2", "mrpc", "rte", "stsb", "cola"]
+    for r in records:
+        assert r["targets"] == results.targets(r), r["task"]
+    page = (ROOT / "docs" / "results.md").read_text()
+    published = results.BEGIN + page.split(results.BEGIN, 1)[1].split(results.END, 1)[0] \
+        + results.END
+    assert published == results.render(records, {r["task"]: f"results/{r['task']}.png"
+                                                 for r in records})
+
+
 # Dev-set sizes of the accuracy tasks in docs/results.md (all of each dev set is used).
 DEV_PAIRS = {"RTE": 277, "MRPC": 408, "SST-2": 872}
 SEED_LIST = re.compile(r"^\d+\.\d( / \d+\.\d)+( \(\d+\.\d\))?$")   # "55.6 / 57.4 (56.5)"

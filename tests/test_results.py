@@ -282,3 +282,80 @@ def test_results_cli_bad_latency_input(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--latency-batch-sizes takes positive integers" in err and \
             len(err.splitlines()) == 1
+
+
+def _record(task="mrpc"):
+    """A published record of 2 cells (MRPC's (0.25, 0.5): -7.353 points, see above)."""
+    def grid(vals):
+        return {"subnets": [{"width": w, "depth": d, "metric": v, "params": 1, "flops": 1}
+                            for (w, d), v in vals.items()]}
+    rec = grid({(1.0, 1.0): 318 / 408, (0.25, 0.5): 288 / 408})
+    rec.update(task=task, metric="acc", seq_len=96, teacher={"metric": 318 / 408},
+               model={"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6,
+                      "num_attention_heads": 12, "intermediate_size": 1536})
+    rec["baselines"] = {"direct": grid({(1.0, 1.0): 318 / 408, (0.25, 0.5): 318 / 408})}
+    rec["targets"] = {"smallest_minus_teacher": -7.35}   # rounded, as records once were
+    return rec
+
+
+def _latency(path, batch_sizes, device="host b"):
+    shape = _record()["model"]
+    path.write_text(json.dumps({"device": device, "tables": [
+        {"model": "minilm", "shape": shape, "batch_size": b, "seq_len": 128,
+         "dtype": "float32", "rows": [{"width": w, "depth": d, "jax_ms": ms * b}
+                                      for w, d, ms in ((1.0, 1.0, 20.0), (0.25, 0.5, 3.0),
+                                                       (0.5, 0.5, 9.0))]}
+        for b in batch_sizes]}))
+    return str(path)
+
+
+def test_publish_again_from_the_records(tmp_path, capsys):
+    # --records publishes docs/results/<task>.json again without the run folders: the
+    # targets recomputed (unrounded), latency from one file per batch size.
+    recs = tmp_path / "records"
+    recs.mkdir()
+    (recs / "mrpc.json").write_text(json.dumps(_record()))
+    (recs / "mrpc-seeds.json").write_text("{}")   # not a task's record: left alone
+    out = tmp_path / "docs"
+    b1, b32 = _latency(tmp_path / "b1.json", [1]), _latency(tmp_path / "b32.json", [32])
+    assert results.main(["--records", str(recs), "--out", str(out),
+                         "--latency", b1, b32]) == 0
+    rec = json.loads((out / "results" / "mrpc.json").read_text())
+    assert rec["targets"]["smallest_minus_teacher"] == pytest.approx(-30 / 408 * 100)
+    assert rec["latency"]["1"]["ms"] == {"1,1": 20.0, "0.25,0.5": 3.0, "0.5,0.5": 9.0}
+    assert rec["latency"]["32"]["ms"]["0.25,0.5"] == 96.0
+    md = (out / "results.md").read_text()
+    assert "| 0.25 | 0.5 | 0.0 | 0.00 | 3.0 | 96.0 | **70.6** | 77.9 | -7.4 |" in md
+    assert "measured by bench/latency.py on host b" in md
+    # Without --latency the columns stay; the same batch size in two files is refused.
+    (recs / "mrpc.json").write_text(json.dumps(rec))
+    assert results.main(["--records", str(recs), "--out", str(out)]) == 0
+    assert json.loads((out / "results" / "mrpc.json").read_text())["latency"] == \
+        rec["latency"]
+    capsys.readouterr()
+    both = _latency(tmp_path / "both.json", [1, 32])
+    assert results.main(["--records", str(recs), "--out", str(out),
+                         "--latency", b1, both]) == 2
+    assert "2 latency files have a table for batch 1 of this model" in \
+        capsys.readouterr().err
+    assert results.main(["--records", str(recs), "--out", str(out), "--latency", b1]) == 2
+    assert "no latency table with batch_size=32" in capsys.readouterr().err
+    # All or nothing: a record that cannot be published again stops the others.
+    (recs / "sst2.json").write_text(json.dumps(_record("sst2")))
+    (recs / "stsb.json").write_text("{}")
+    page = (out / "results.md").read_text()
+    assert results.main(["--records", str(recs), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.endswith("error: nothing written (1 of 3 records "
+                                            "skipped)\n")
+    assert (out / "results.md").read_text() == page
+    assert not (out / "results" / "sst2.json").exists()
+
+
+def test_records_errors(tmp_path, capsys):
+    assert results.main(["--records", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"error: no <task>.json records under {tmp_path}\n"
+    (tmp_path / "sst2.json").write_text('{"task": "sst2"}')
+    assert results.main(["--records", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "is not a results record" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # one source or the other
+        results.main(["--records", str(tmp_path), "--runs", str(tmp_path)])
