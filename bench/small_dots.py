@@ -7,6 +7,11 @@ for every width of the grid, as a jitted ``x @ w`` and as ``torch.mm``, alternat
 one process, with the same operands; and, per width, query/key/value as three products
 against one product with the three kernels concatenated beforehand.
 
+PyTorch is timed twice: ``torch.mm`` (its default float32 matmul: MKL's sgemm in the
+x86 wheels) and an ``nn.Linear`` converted with ``torch.utils.mkldnn.to_mkldnn``
+(oneDNN's inner product). On AMD CPUs MKL does not use AVX-512 and oneDNN does, so the
+two differ about twofold there; on Intel CPUs they are close.
+
     python bench/small_dots.py                   # both frameworks on all cores
     python bench/small_dots.py --rows 4096       # batch 32 x seq 128
 
@@ -66,6 +71,7 @@ def main():
     import jax
     import jax.numpy as jnp
     import torch
+    import torch.utils.mkldnn
 
     torch.set_num_threads(args.threads)
     out, header = run_header(args.out)
@@ -89,19 +95,32 @@ def main():
             x, w = operands(k, n)
             jx, jw, tx, tw = jnp.asarray(x), jnp.asarray(w), torch.from_numpy(x), \
                 torch.from_numpy(w)
-            np.testing.assert_allclose(np.asarray(mm(jx, jw)), torch.mm(tx, tw).numpy(),
-                                       rtol=1e-4, atol=1e-3)
+            linear = torch.nn.Linear(k, n, bias=False).eval()
+            linear.weight.data = tw.t().contiguous()
+            onednn = torch.utils.mkldnn.to_mkldnn(linear)   # dense in, dense out
+            with torch.inference_mode():
+                for got in (torch.mm(tx, tw), onednn(tx)):
+                    np.testing.assert_allclose(np.asarray(mm(jx, jw)), got.numpy(),
+                                               rtol=1e-4, atol=1e-3)
+
+            def run_onednn():
+                with torch.inference_mode():
+                    return onednn(tx)
+
             t = side_by_side({"xla": lambda: mm(jx, jw).block_until_ready(),
-                              "torch": lambda: torch.mm(tx, tw)}, args.rounds, args.calls)
+                              "torch": lambda: torch.mm(tx, tw),
+                              "onednn": run_onednn}, args.rounds, args.calls)
             gflop = 2 * args.rows * k * n / 1e9
             row = dict(width=width, product=name, m=args.rows, k=k, n=n,
-                       xla_us=t["xla"], torch_us=t["torch"],
+                       xla_us=t["xla"], torch_us=t["torch"], torch_onednn_us=t["onednn"],
                        xla_gflops=gflop / t["xla"] * 1e6,
-                       torch_gflops=gflop / t["torch"] * 1e6)
+                       torch_gflops=gflop / t["torch"] * 1e6,
+                       torch_onednn_gflops=gflop / t["onednn"] * 1e6)
             dots.append(row)
             print(f"{width:5} {name:20} {args.rows}x{k}x{n:<5} xla {t['xla']:8.1f} us "
                   f"({row['xla_gflops']:5.1f} GFLOP/s)  torch {t['torch']:8.1f} us "
-                  f"({row['torch_gflops']:5.1f})", flush=True)
+                  f"({row['torch_gflops']:5.1f})  oneDNN {t['onednn']:8.1f} us "
+                  f"({row['torch_onednn_gflops']:5.1f})", flush=True)
 
         x = jnp.asarray(rng.standard_normal((args.rows, HIDDEN), dtype=np.float32))
         ws = [jnp.asarray(rng.standard_normal((HIDDEN, a), dtype=np.float32))
@@ -116,12 +135,15 @@ def main():
     lines = [f"**One MiniLM layer's matmuls, {args.rows} rows, XLA vs PyTorch "
              f"({args.threads} PyTorch threads)**", "",
              "| width | product | k x n | XLA (us) | PyTorch (us) | XLA / PyTorch "
-             "| XLA GFLOP/s | PyTorch GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+             "| XLA GFLOP/s | PyTorch GFLOP/s | PyTorch oneDNN (us) | XLA / oneDNN "
+             "| oneDNN GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in dots:
         lines.append(f"| {r['width']:g} | {r['product']} | {r['k']} x {r['n']} | "
                      f"{r['xla_us']:.0f} | {r['torch_us']:.0f} | "
                      f"{r['xla_us'] / r['torch_us']:.2f} | {r['xla_gflops']:.0f} | "
-                     f"{r['torch_gflops']:.0f} |")
+                     f"{r['torch_gflops']:.0f} | {r['torch_onednn_us']:.0f} | "
+                     f"{r['xla_us'] / r['torch_onednn_us']:.2f} | "
+                     f"{r['torch_onednn_gflops']:.0f} |")
     lines += ["", "**Query, key and value in XLA: three products vs one on the "
               "concatenated kernels**", "",
               "| width | n per product | three (us) | one fused (us) | fused / three |",
