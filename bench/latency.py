@@ -2,7 +2,11 @@
 
 For each shape (BERT-base with random weights, MiniLM-L6 with its real weights), batch
 size and grid point of ``dynabert_jax.subnet.grid()`` (widths 1, .75, .5, .25 x depths
-1, .75, .5) it times, in one process and alternating per repetition:
+1, .75, .5) it times, in one process and alternating per repetition (each timed call
+preceded by untimed calls of the same framework for ``--settle-ms``, 30 ms on CPU: on a
+small CPU, PyTorch's OpenMP threads keep spinning for some milliseconds after a call
+returns, and without this the next framework's call paid for it; at batch 1 that made
+ours up to 1.8x slower than measured alone):
 
 * ours: ``dj.extract_subnetwork`` (weights sliced once, outside the timed region), then
   a ``jax.jit`` forward of the small model (``deterministic=True``) returning the
@@ -11,8 +15,8 @@ size and grid point of ``dynabert_jax.subnet.grid()`` (widths 1, .75, .5, .25 x 
   (dropped heads, FFN neurons and layers removed with ``prune_linear_layer``) holding the
   same weights, in eval mode under ``torch.inference_mode()``; with ``--torch-linear
   onednn`` its linear layers run through oneDNN (``torch.utils.mkldnn.to_mkldnn``), a
-  one-line change that doubles PyTorch's float32 matmul rate on AMD CPUs, where its
-  default (MKL's sgemm) runs without AVX-512.
+  one-line change that doubles PyTorch's float32 matmul rate on the AMD CPU of
+  docs/benchmarks.md, where its default (MKL's sgemm) runs at about half oneDNN's rate.
 
 Both get the same random token ids, zero token types and an all-ones attention mask
 (every sequence is ``seq`` real tokens: no padding), and are checked once per grid point
@@ -66,6 +70,11 @@ def parse_args(argv=None):
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions (median)")
+    ap.add_argument("--settle-ms", type=float, default=None,
+                    help="before each timed call, untimed calls of the same framework for "
+                         "at least this long (default 30 on CPU, 0 with --gpu-protocol): "
+                         "they absorb what the other framework's call left running, such "
+                         "as PyTorch's OpenMP threads spinning on the cores for some ms")
     ap.add_argument("--warmup", type=int, default=1,
                     help="untimed repetitions after compilation")
     ap.add_argument("--dtype", default=None,
@@ -105,6 +114,8 @@ def parse_args(argv=None):
         args.warmup = max(args.warmup, 3)
     if args.dtype is None:
         args.dtype = "float32,bfloat16" if args.gpu_protocol else "float32"
+    if args.settle_ms is None:
+        args.settle_ms = 0.0 if args.gpu_protocol else 30.0
     bad = [d for d in args.dtype.split(",") if d not in PRECISIONS]
     if bad:
         ap.error(f"unknown --dtype {bad}; choose from {sorted(PRECISIONS)}")
@@ -245,15 +256,22 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
     for _ in range(args.warmup):
         run_jax()
         run_torch()
+
+    def settle(run):   # the other framework's threads go idle meanwhile
+        t_end = time.perf_counter() + args.settle_ms / 1e3
+        while time.perf_counter() < t_end:
+            run()
+
     jax_ms, torch_ms = [], []
     for _ in range(args.reps):
+        settle(run_jax)
         t0 = time.perf_counter()
         run_jax()
         jax_ms.append((time.perf_counter() - t0) * 1e3)
+        settle(run_torch)
         t0 = time.perf_counter()
         run_torch()
         torch_ms.append((time.perf_counter() - t0) * 1e3)
-    del tmodel
     return jax_ms, torch_ms, diff, compile_s
 
 
@@ -378,8 +396,10 @@ def main(argv=None):
         "settings": {"xla_flags": os.environ.get("XLA_FLAGS", ""),
                      "torch_threads": torch.get_num_threads(),
                      "input": "random token ids, token_type_ids 0, attention mask all ones",
-                     "warmup": args.warmup, "reps": args.reps,
-                     "statistic": "median over reps, ours and PyTorch alternating",
+                     "warmup": args.warmup, "reps": args.reps, "settle_ms": args.settle_ms,
+                     "statistic": "median over reps, ours and PyTorch alternating; before "
+                                  "each timed call, untimed calls of the same framework "
+                                  f"for {args.settle_ms:g} ms",
                      "precision": {d: {"compute": c, "jax_matmul_precision": jp,
                                        "torch_allow_tf32": tf, "torch_autocast": ac}
                                    for d, (c, jp, tf, ac) in PRECISIONS.items()

@@ -59,6 +59,9 @@ def parse_args(argv=None):
     ap.add_argument("--xla-flags", default="",
                     help="added to XLA_FLAGS before JAX starts")
     ap.add_argument("--minilm-dir", default=None)
+    ap.add_argument("--torch-linear", choices=("default", "onednn"), default="default",
+                    help="onednn: PyTorch's nn.Linear layers run oneDNN's inner product, "
+                         "as bench/latency.py --torch-linear onednn")
     ap.add_argument("--out", default="runs/bench/profile_forward.json")
     return ap.parse_args(argv)
 
@@ -153,16 +156,40 @@ def torch_category(op: str, linear: str = "") -> str:
     return "other"
 
 
+def onednn_linears(model):
+    """``model`` with each ``nn.Linear`` replaced by a module running it as
+    ``torch.utils.mkldnn.to_mkldnn`` would (an ``MkldnnLinear``), one that forward hooks
+    can still label."""
+    import torch
+    from torch.utils.mkldnn import MkldnnLinear
+
+    class OneDNNLinear(torch.nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.inner = MkldnnLinear(linear, torch.float)
+
+        def forward(self, x):
+            return self.inner(x)
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, child_name, OneDNNLinear(child))
+    return model
+
+
 def _label_linears(model):
-    """Wrap each BERT ``nn.Linear``'s forward in a ``record_function`` named after its
-    category, so the profiler's event tree tells the products apart."""
+    """Wrap each BERT ``nn.Linear``'s forward (or its `onednn_linears` replacement's) in
+    a ``record_function`` named after its category, so the profiler's event tree tells
+    the products apart."""
     import torch
 
     handles = []
     for name, module in model.named_modules():
         cat = next((c for suffix, c in _TORCH_LINEARS.items() if name.endswith(suffix)
                     and ".layer." in name), None)
-        if cat is None or not isinstance(module, torch.nn.Linear):
+        if cat is None or not (isinstance(module, torch.nn.Linear)
+                               or type(module).__name__ == "OneDNNLinear"):
             continue
         label = f"linear:{cat}"
 
@@ -245,7 +272,8 @@ def main(argv=None):
                 for k in ("input_ids", "attention_mask", "token_type_ids"))
     tin = {k: torch.as_tensor(v) for k, v in inputs.items()}
     result = {**header, "shape": args.shape, "batch": args.batch, "seq": args.seq,
-              "threads": args.threads, "calls": args.calls, "subnets": []}
+              "threads": args.threads, "calls": args.calls,
+              "torch_linear": args.torch_linear, "subnets": []}
     for spec in args.subnets.split(","):
         w, d = (float(x) for x in spec.split("x"))
         subnet = dj.SubNet(w, d)
@@ -257,6 +285,8 @@ def main(argv=None):
                                token_type_ids=types, deterministic=True).logits
 
         tmodel = torch_subnetwork(model, params, subnet)
+        if args.torch_linear == "onednn":
+            tmodel = onednn_linears(tmodel)
         ours = profile_ours(forward, (small_params,) + jin, args.calls)
         theirs = profile_torch(tmodel, tin, args.calls)
         rows = [{"category": c, "ours_ms": round(ours[1].get(c, 0.0), 2),

@@ -9,8 +9,9 @@ against one product with the three kernels concatenated beforehand.
 
 PyTorch is timed twice: ``torch.mm`` (its default float32 matmul: MKL's sgemm in the
 x86 wheels) and an ``nn.Linear`` converted with ``torch.utils.mkldnn.to_mkldnn``
-(oneDNN's inner product). On AMD CPUs MKL does not use AVX-512 and oneDNN does, so the
-two differ about twofold there; on Intel CPUs they are close.
+(oneDNN's inner product). On the AMD EPYC (Zen 5) of docs/benchmarks.md, MKL ran at
+about half oneDNN's rate (oneDNN reports AVX-512; MKL's rate did not change with
+``MKL_ENABLE_INSTRUCTIONS``).
 
     python bench/small_dots.py                   # both frameworks on all cores
     python bench/small_dots.py --rows 4096       # batch 32 x seq 128
