@@ -103,7 +103,8 @@ def parse_args(argv=None):
                     help="onednn (CPU, float32): the PyTorch model's nn.Linear layers "
                          "converted with torch.utils.mkldnn.to_mkldnn, so they run "
                          "oneDNN's inner product instead of PyTorch's default sgemm "
-                         "(MKL, which on AMD CPUs does not use AVX-512)")
+                         "(MKL, at about half oneDNN's rate on the AMD CPU of "
+                         "docs/benchmarks.md)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "latency.json"))
     args = ap.parse_args(argv)
     if args.torch_linear == "onednn" and args.gpu_protocol:

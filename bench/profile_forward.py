@@ -171,7 +171,7 @@ def onednn_linears(model):
         def forward(self, x):
             return self.inner(x)
 
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, OneDNNLinear(child))
@@ -179,17 +179,16 @@ def onednn_linears(model):
 
 
 def _label_linears(model):
-    """Wrap each BERT ``nn.Linear``'s forward (or its `onednn_linears` replacement's) in
-    a ``record_function`` named after its category, so the profiler's event tree tells
-    the products apart."""
+    """Wrap the forward of each BERT linear layer (an ``nn.Linear``, or its
+    `onednn_linears` replacement), found by its name, in a ``record_function`` named
+    after its category, so the profiler's event tree tells the products apart."""
     import torch
 
     handles = []
     for name, module in model.named_modules():
         cat = next((c for suffix, c in _TORCH_LINEARS.items() if name.endswith(suffix)
                     and ".layer." in name), None)
-        if cat is None or not (isinstance(module, torch.nn.Linear)
-                               or type(module).__name__ == "OneDNNLinear"):
+        if cat is None:
             continue
         label = f"linear:{cat}"
 

@@ -180,10 +180,11 @@ def collect_run(workdir) -> dict:
 def read_record(path) -> dict:
     """A published ``<task>.json`` (as written by `main`), its targets recomputed."""
     record = read_json(pathlib.Path(path), "")
-    if not isinstance(record, dict) or not isinstance(record.get("subnets"), list) \
-            or record.get("task") not in TASKS or "metric" not in record:
+    if not isinstance(record, dict) or record.get("task") not in TASKS \
+            or "metric" not in record:
         raise ResultsError(f"{path} is not a results record (a grid.json with task, "
                            f"metric and subnets)")
+    select_lib.check_grid_json(record, str(path))   # its cells, as select reads them
     record["targets"] = targets(record)
     return record
 

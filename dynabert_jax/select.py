@@ -156,7 +156,7 @@ def load_json(path, what: str) -> dict:
                              f"byte {e.start})") from e
 
 
-def _check_grid(record: Mapping, where: str = "the results file") -> None:
+def check_grid_json(record: Mapping, where: str = "the results file") -> None:
     """A SelectionError naming ``where`` unless ``record`` is a grid.json whose every
     cell has numbers for width, depth, metric (NaN allowed), params and flops."""
     if not isinstance(record, Mapping) or not isinstance(record.get("subnets"), list) \
@@ -245,7 +245,7 @@ def select(record: Mapping, *, max_latency_ms: Optional[float] = None,
     ``<runtime>_ms`` column is the latency of each (width, depth). Ties on the metric go
     to the cheaper sub-network (fewer FLOPs).
     """
-    _check_grid(record)
+    check_grid_json(record)
     if max_latency_ms is not None and latency is None:
         raise SelectionError("a latency budget needs a latency table measured on the "
                              "target machine (--latency, from bench/latency.py); without "
@@ -321,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      f"once DynaBERT_W or DynaBERT is evaluated)")
             results = results / "grid.json"
         record = load_json(results, "results file")
-        _check_grid(record, f"results file {results}")   # every malformed cell: one line
+        check_grid_json(record, f"results file {results}")   # every malformed cell: one line
         table, source = None, None
         if args.latency:
             lat_json = load_json(args.latency, "latency file")
