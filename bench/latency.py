@@ -6,7 +6,7 @@ size and grid point of ``dynabert_jax.subnet.grid()`` (widths 1, .75, .5, .25 x 
 preceded by untimed calls of the same framework for ``--settle-ms``, 30 ms on CPU: on a
 small CPU, PyTorch's OpenMP threads keep spinning for some milliseconds after a call
 returns, and without this the next framework's call paid for it; at batch 1 that made
-ours up to 1.8x slower than measured alone):
+ours up to 1.9x slower, docs/benchmarks.md):
 
 * ours: ``dj.extract_subnetwork`` (weights sliced once, outside the timed region), then
   a ``jax.jit`` forward of the small model (``deterministic=True``) returning the
