@@ -91,6 +91,11 @@ def main(argv):
         config.task   # noqa: B018 - a file that failed to load raises on first use
     except OSError as e:   # the config file did not load (ml_collections defers this)
         _flag_error(OSError(f"--config: {' '.join(str(e).split())}"))
+    if config.keep_host_memory:   # before JAX's backend starts, or it is too late
+        from dynabert_jax import host_memory
+
+        if host_memory.jax_runs_on_cpu():
+            host_memory.keep_freed_memory()
     import jax
 
     if config.distributed:   # explicit settings where given, else JAX's cluster detection

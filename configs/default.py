@@ -161,6 +161,12 @@ def get_config():
     # backend) | rbg | unsafe_rbg (XLA's RngBitGenerator: cheaper on GPU/TPU, bits
     # depend on the backend and JAX version). dynabert_jax/steps.py, DROPOUT_PRNGS.
     c.dropout_prng = "threefry2x32"
+    # On CPU, keep freed host memory for reuse (glibc mallopt) so XLA:CPU's per-call
+    # scratch is not mapped and faulted in afresh by every step and evaluation batch;
+    # train.py applies it before JAX starts when JAX runs on the CPU (no GPU/TPU
+    # plugin, or JAX_PLATFORMS=cpu). The process keeps its peak memory until it exits.
+    # dynabert_jax/host_memory.py.
+    c.keep_host_memory = True
     # A folder for JAX's persistent compilation cache ("" = off). A multi-student step
     # compiles for 0.5-4 min (longest on GPUs, which autotune every matmul shape); with
     # the cache a resumed run, a rerun or a sweep point of the same shapes loads it.

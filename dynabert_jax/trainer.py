@@ -1184,7 +1184,7 @@ PER_PROCESS = ("teacher_checkpoint", "model.pretrained", "model.tokenizer",
                "data.squad_train", "data.squad_dev", "data.custom.train",
                "data.custom.dev", "compilation_cache_dir", "process_id",
                "coordinator_address", "shared_workdir_timeout", "progress",
-               "tensorboard", "report_memory", "log_every")
+               "tensorboard", "report_memory", "log_every", "keep_host_memory")
 
 
 def _flat(d: Mapping, prefix: str = "") -> Dict[str, Any]:

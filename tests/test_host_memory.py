@@ -1,0 +1,97 @@
+"""dynabert_jax.host_memory: XLA:CPU's per-call scratch is faulted in once, not per call.
+
+Each case runs in its own Python process: the setting is process-wide and must come
+before JAX's backend starts, which in the test process has long happened.
+"""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO
+from dynabert_jax import host_memory
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or host_memory._libc() is None,
+    reason="glibc Linux only")
+
+# A jitted call whose temporaries (the cumulative sums, 64 MB each) are over glibc's
+# 32 MB mmap limit; the page faults of a later call say whether they were mapped afresh.
+_PROBE = """
+import json, logging, resource, sys
+logging.basicConfig(level=logging.WARNING)
+from dynabert_jax import host_memory
+if sys.argv[1] == "late":
+    import jax
+    jax.devices()
+applied = host_memory.keep_freed_memory() if sys.argv[1] != "system" else None
+again = host_memory.keep_freed_memory() if sys.argv[1] == "keep" else None
+import jax, jax.numpy as jnp
+
+@jax.jit
+def f(x):
+    y = jnp.cumsum(x, axis=0)
+    return jnp.sum(y * y[::-1])
+
+x = jnp.ones((4096, 4096))
+for _ in range(15):   # the heap grows for the first few calls (see below)
+    f(x).block_until_ready()
+faults = []
+for _ in range(9):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "again": again, "faults": faults}))
+"""
+
+
+def _probe(mode, **env):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_PROBE), mode], cwd=REPO,
+                         capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+                              "PATH": "/usr/bin:/bin", **env})
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+def _median(values):
+    return sorted(values)[len(values) // 2]
+
+
+def test_the_scratch_is_faulted_in_once():
+    kept, _ = _probe("keep")
+    assert kept["applied"] is True and kept["again"] is True
+    system, _ = _probe("system")
+    # 64 MB is 16,384 pages of 4 KiB: under glibc's defaults every call faults them in
+    # (the premise of the module; if XLA:CPU ever pools its scratch, this fails and the
+    # module is no longer needed). With the setting most calls fault in next to nothing:
+    # the heap grows by a scratch now and then for the first few calls (a call's
+    # scratch is freed by a worker thread as the next call starts, and small blocks
+    # land in freed ones), up to about 5 scratches, then stays.
+    assert min(system["faults"]) > 16_000, system
+    assert _median(kept["faults"]) < 1_000, kept
+
+
+def test_too_late_once_jax_has_started_says_so_and_changes_nothing():
+    late, stderr = _probe("late")
+    assert late["applied"] is False
+    assert "JAX's backend has already started" in stderr and "GLIBC_TUNABLES=" in stderr
+    assert min(late["faults"]) > 16_000, late
+
+
+def test_jax_runs_on_cpu_follows_jax_platforms():
+    for chosen, on_cpu in (("cpu", True), ("cpu,cuda", True), ("cuda", False),
+                           ("cuda,cpu", False), ("tpu", False)):
+        assert host_memory.jax_runs_on_cpu(chosen) is on_cpu, chosen
+
+
+def test_the_trainer_default_and_the_same_settings_from_outside():
+    from configs import default
+
+    assert default.get_config().keep_host_memory is True
+    # GLIBC_TUNABLES (what the docs give for any program) does what the call does
+    kept, _ = _probe("system", GLIBC_TUNABLES=host_memory.GLIBC_TUNABLES)
+    assert _median(kept["faults"]) < 1_000, kept
