@@ -37,7 +37,9 @@ them for both frameworks (default: float32; float32 and bfloat16 with --gpu-prot
 
 CPU settings (chosen here, recorded in the JSON): JAX's CPU client is started with
 ``XLA_FLAGS`` from ``--xla-flags`` (default: none added), PyTorch with
-``torch.set_num_threads(--threads)``; both use all cores by default.
+``torch.set_num_threads(--threads)``; both use all cores by default. glibc keeps freed
+memory for reuse (``--host-memory keep``, as train.py does; ``dynabert_jax/host_memory.py``),
+for both frameworks: without it every call of ours at batch 32 maps its scratch afresh.
 """
 import argparse
 import datetime
@@ -105,6 +107,13 @@ def parse_args(argv=None):
                          "oneDNN's inner product instead of PyTorch's default sgemm "
                          "(MKL, at about half oneDNN's rate on the AMD CPU of "
                          "docs/benchmarks.md)")
+    ap.add_argument("--host-memory", choices=("keep", "system"), default="keep",
+                    help="keep (CPU; the default, as train.py): glibc keeps freed memory "
+                         "for reuse (dynabert_jax.host_memory, applied before JAX starts, "
+                         "so for both frameworks); system: glibc's defaults, under which "
+                         "XLA:CPU's per-call scratch (over 32 MB at batch 32) is mapped "
+                         "and faulted in afresh by every call (the tables before "
+                         "2026-12-06's last ones)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "latency.json"))
     args = ap.parse_args(argv)
     if args.torch_linear == "onednn" and args.gpu_protocol:
@@ -363,7 +372,10 @@ def main(argv=None):
     import transformers
 
     import dynabert_jax as dj
+    from dynabert_jax import host_memory
 
+    kept = (args.host_memory == "keep" and not args.gpu_protocol
+            and host_memory.keep_freed_memory())   # before JAX's backend starts
     if "tf32" in args.dtype.split(",") and not args.gpu_protocol:
         raise SystemExit("--dtype tf32 is a GPU mode: use it with --gpu-protocol")
     if args.gpu_protocol:
@@ -396,6 +408,9 @@ def main(argv=None):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"xla_flags": os.environ.get("XLA_FLAGS", ""),
                      "torch_threads": torch.get_num_threads(),
+                     "host_memory": ("glibc keeps freed memory for reuse (dynabert_jax."
+                                     "host_memory.keep_freed_memory), both frameworks"
+                                     if kept else "glibc's defaults"),
                      "input": "random token ids, token_type_ids 0, attention mask all ones",
                      "warmup": args.warmup, "reps": args.reps, "settle_ms": args.settle_ms,
                      "statistic": "median over reps, ours and PyTorch alternating; before "

@@ -97,14 +97,17 @@ def students_of(dj, stage: str):
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
                warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
                dropout: float = 0.1, dropout_prng: str = "threefry2x32",
-               accum: int = 1, profile: int = 0) -> dict:
+               accum: int = 1, profile: int = 0, keep_host_memory: bool = True) -> dict:
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
 
     import dynabert_jax as dj
-    from dynabert_jax import cpu_rng, steps
+    from dynabert_jax import cpu_rng, host_memory, steps
 
+    # as train.py does (config.keep_host_memory), before JAX's backend starts
+    kept = (keep_host_memory and host_memory.jax_runs_on_cpu()
+            and host_memory.keep_freed_memory())
     if unroll_threefry:  # as the trainer does (config.cpu_unrolled_threefry)
         cpu_rng.unroll_threefry_on_cpu()
     compute, precision, _, _ = PRECISIONS[dtype]
@@ -152,7 +155,7 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
            "accum": accum,
            "seq": seq, "dtype": dtype, "jax_matmul_precision": precision,
            "dropout": dropout, "dropout_prng": dropout_prng,
-           "unrolled_threefry": unroll_threefry,
+           "unrolled_threefry": unroll_threefry, "host_memory_kept": kept,
            "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
            "step_times_s": [round(t, 4) for t in times], "median_step_s": med,
            "examples_per_s": rows / med, "xla_memory": mem,
@@ -191,10 +194,11 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
 # ----------------------------------------------------------------------------------
 
 
-def run_child(cmd) -> dict:
+def run_child(cmd, env=None) -> dict:
     """Run a worker; stream its stderr, return the JSON of its ``RESULT`` line."""
     print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), file=sys.stderr, flush=True)
-    p = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    p = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                       env=env)
     result = None
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -366,6 +370,12 @@ def main():
     ap.add_argument("--rolled-threefry", action="store_true",
                     help="keep JAX's default (rolled) Threefry lowering on CPU instead of "
                          "the trainer's unrolled one (dynabert_jax/cpu_rng.py)")
+    ap.add_argument("--host-memory", choices=("keep", "system"), default="keep",
+                    help="keep (the default, as train.py): glibc keeps freed memory for "
+                         "reuse in both frameworks' processes on CPU (ours: "
+                         "dynabert_jax.host_memory, as the trainer; the PyTorch "
+                         "reference: the same settings as GLIBC_TUNABLES); system: "
+                         "glibc's defaults (the tables before 2026-12-06's last ones)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="also profile N more steps of ours (after the timed ones) and "
                          "report device time per kind of work (bench/xla_profile.py)")
@@ -384,7 +394,8 @@ def main():
                          args.warmup, unroll_threefry=not args.rolled_threefry,
                          dtype=args.dtype, dropout=args.dropout,
                          dropout_prng=args.dropout_prng, accum=args.accum,
-                         profile=args.profile)
+                         profile=args.profile,
+                         keep_host_memory=args.host_memory == "keep")
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -412,6 +423,7 @@ def main():
         "steps": steps_of, "warmup": args.warmup, "torch_threads": args.threads,
         "dtype": args.dtype, "torch_device": args.torch_device, "dropout": args.dropout,
         "dropout_prng": args.dropout_prng, "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,
+        "host_memory": args.host_memory,
         "parity": {}, "rows": [], "complete": False}
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
@@ -429,7 +441,13 @@ def main():
               "--dtype", args.dtype, "--dropout", args.dropout]
     jax_flags = (["--rolled-threefry"] if args.rolled_threefry else []) + [
         "--dropout-prng", args.dropout_prng, "--accum", args.accum,
-        "--profile", args.profile]
+        "--profile", args.profile, "--host-memory", args.host_memory]
+    torch_env = None   # the reference's process: the same glibc settings as ours
+    if args.host_memory == "keep" and args.torch_device == "cpu":
+        sys.path.insert(0, str(ROOT))
+        from dynabert_jax.host_memory import GLIBC_TUNABLES
+
+        torch_env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES)
     for i, shape in enumerate(shapes):
         if "torch" in frameworks and (args.parity == "all"
                                       or (args.parity == "first" and i == 0)):
@@ -452,7 +470,7 @@ def main():
                 res["torch"] = run_child([py, HERE / "torch_reference.py", "--shape", shape,
                                           "--stage", stage, "--steps", n, "--threads",
                                           args.threads, "--device", args.torch_device]
-                                         + common)
+                                         + common, env=torch_env)
             flops = model_flops(shape, stage, args.batch * args.accum, args.seq)
             row = {"shape": shape, "stage": stage,
                    "students": (res.get("jax") or res.get("torch"))["students"],

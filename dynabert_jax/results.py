@@ -23,7 +23,7 @@ published ``<task>.json`` files instead, recomputes their targets and, with
 another machine):
 
     python -m dynabert_jax.results --records docs/results --out docs \
-        --latency docs/benchmarks/latency-cpu-b1.json docs/benchmarks/latency-cpu-b32.json
+        --latency docs/benchmarks/latency-cpu-b1.json docs/benchmarks/latency-cpu-b32-keep.json
 """
 from __future__ import annotations
 
