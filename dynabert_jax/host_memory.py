@@ -7,17 +7,19 @@ block over 32 MB with a fresh ``mmap`` and returns it with ``munmap`` on free, s
 call faults the whole scratch in again, page by page, and the kernel zeroes each page:
 40,000 page faults per MiniLM forward at batch 32, 25-40 ms of its 300-320. PyTorch's
 tensors are each under 32 MB there, so glibc recycles them and PyTorch pays none of
-this. (At batch 1 the scratch is under 32 MB and nothing changes.)
+this. (At batch 1 and 8 the scratch is under 32 MB and nothing changes.)
 
 :func:`keep_freed_memory` tells glibc (``mallopt``) to serve every block from its heap
 (no ``mmap``), to use that one heap for all threads (a thread's own heap is capped at
 64 MB and falls back to ``mmap`` for more) and to keep freed memory instead of trimming
-it. The scratch is then faulted in once and reused by later calls: the MiniLM forward
-at batch 32 takes 0.74-0.91x the time (docs/benchmarks.md, *XLA:CPU's scratch and
-glibc*). The price: the heap grows by a scratch now and then over the first calls
-(a call's scratch is freed by a worker thread as the next call starts) and the process
-keeps its peak until it exits; all threads share one malloc arena. The peak RSS of the
-training runs measured moved by -0.5 to +1.3 GB (docs/benchmarks.md).
+it, up to 2 GB free at the top of the heap (the most ``mallopt`` takes: a scratch over
+2 GB is still returned to the system and faulted in again by the next call). The
+scratch is then faulted in once and reused by later calls: the MiniLM forward at batch
+32 takes 0.74-0.91x the time (docs/benchmarks.md, *XLA:CPU's scratch and glibc*). The
+price: the heap grows by a scratch now and then over the first calls (a call's scratch
+is freed by a worker thread as the next call starts) and the process keeps its peak
+until it exits; all threads share one malloc arena. MiniLM's training processes peaked
+at up to 2.5 GB more RSS (docs/benchmarks.md, *With freed memory kept*).
 
 It must run before JAX starts its CPU backend (the first ``jax.devices()``, array or
 compiled call): the threads that free the scratch pick their heap at their first
@@ -45,7 +47,7 @@ _M_ARENA_MAX = -8
 _KEEP = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
 
 GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                  "glibc.malloc.trim_threshold=4294967295")
+                  "glibc.malloc.trim_threshold=2147483647")   # = _KEEP
 
 _applied = False
 
