@@ -16,7 +16,6 @@ Prints a markdown table and writes JSON (default runs/bench/host_memory.json).
 """
 import argparse
 import json
-import os
 import pathlib
 import resource
 import statistics
@@ -97,7 +96,7 @@ def main():
     for _ in range(args.pairs):
         for mode in MODES:
             p = subprocess.run(child + ["--worker", mode], stdout=subprocess.PIPE,
-                               text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                               text=True)   # bench/latency.py sets the hub offline
             lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
             if p.returncode or not lines:
                 raise SystemExit(f"the {mode} worker failed (exit {p.returncode})")

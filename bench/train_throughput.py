@@ -51,6 +51,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))   # dynabert_jax, imported where needed
 sys.path.insert(0, str(HERE))
 from machine import cpu_name  # noqa: E402
 from precisions import PRECISIONS  # noqa: E402
@@ -98,7 +99,6 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
                warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
                dropout: float = 0.1, dropout_prng: str = "threefry2x32",
                accum: int = 1, profile: int = 0, keep_host_memory: bool = True) -> dict:
-    sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
 
@@ -244,7 +244,6 @@ def per_shape(spec: str, shapes, cast=int) -> dict:
 
 
 def model_flops(shape: str, stage: str, batch: int, seq: int) -> int:
-    sys.path.insert(0, str(ROOT))
     import dynabert_jax as dj
 
     cfg = dj.ModelConfig(head="classification", **SHAPES[shape])
@@ -444,7 +443,6 @@ def main():
         "--profile", args.profile, "--host-memory", args.host_memory]
     torch_env = None   # the reference's process: the same glibc settings as ours
     if args.host_memory == "keep" and args.torch_device == "cpu":
-        sys.path.insert(0, str(ROOT))
         from dynabert_jax.host_memory import GLIBC_TUNABLES
 
         torch_env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES)

@@ -40,14 +40,11 @@ import platform
 
 _log = logging.getLogger(__name__)
 
-# mallopt parameters (glibc's malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-_KEEP = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+# (glibc tunable, mallopt parameter from glibc's malloc.h, value)
+_KEEP = (("arena_max", -8, 1), ("mmap_max", -4, 0), ("trim_threshold", -1, 2**31 - 1))
 
-GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                  "glibc.malloc.trim_threshold=2147483647")   # = _KEEP
+#: The same settings for a whole program, set before it starts: ``GLIBC_TUNABLES=...``.
+GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _KEEP)
 
 _applied = False
 
@@ -91,7 +88,7 @@ def keep_freed_memory() -> bool:
             "their own heaps; call it before the first JAX array or compiled call, or "
             "start Python with GLIBC_TUNABLES=%s", GLIBC_TUNABLES)
         return False
-    if not all(libc.mallopt(param, value) == 1 for param, value in _KEEP):
+    if not all(libc.mallopt(param, value) == 1 for _, param, value in _KEEP):
         _log.warning("keep_freed_memory: mallopt refused a setting; memory settings may "
                      "be partly changed")
         return False

@@ -3,6 +3,7 @@
 Each case runs in its own Python process: the setting is process-wide and must come
 before JAX's backend starts, which in the test process has long happened.
 """
+import json
 import subprocess
 import sys
 import textwrap
@@ -52,8 +53,6 @@ def _probe(mode, **env):
                          env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
                               "PATH": "/usr/bin:/bin", **env})
     assert out.returncode == 0, out.stderr[-3000:]
-    import json
-
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
