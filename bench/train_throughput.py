@@ -33,7 +33,10 @@ FLOPs / step time / ``--peak-tflops``: give the device's peak for that precision
 accumulation, so it takes ``--frameworks jax``.
 
 Prints a markdown table per shape and writes JSON (default
-runs/bench/train_throughput.json, rewritten atomically after every measurement).
+runs/bench/train_throughput.json, rewritten atomically after every measurement). Ours
+also records the page faults of each step (``page_faults_per_step``): fresh memory the
+kernel mapped, which on CPU says whether a step reused XLA's scratch or got a new one
+(``--host-memory``).
 """
 import argparse
 import datetime
@@ -86,6 +89,13 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def minor_faults() -> int:
+    """Pages this process has faulted in so far (fresh memory the kernel had to map)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 # ----------------------------------------------------------------------------------
 # Our step (runs in a worker process)
 # ----------------------------------------------------------------------------------
@@ -136,18 +146,19 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     mem = steps.memory_stats(compiled)
     del params
 
-    times, first = [], None
+    times, faults, first = [], [], None
     for i in range(warmup + steps_n):
-        t0 = time.perf_counter()
+        f0, t0 = minor_faults(), time.perf_counter()
         state, m = compiled(state, teacher, b, rng)
         jax.block_until_ready((state, m))
-        dt = time.perf_counter() - t0
+        dt, df = time.perf_counter() - t0, minor_faults() - f0
         if i == 0:
             first = dt
         if i >= warmup:
             times.append(dt)
+            faults.append(df)
         print(f"ours  {shape} stage {stage} step {i} {'(warm-up) ' if i < warmup else ''}"
-              f"{dt:.2f} s", file=sys.stderr, flush=True)
+              f"{dt:.2f} s, {df} page faults", file=sys.stderr, flush=True)
     med = statistics.median(times)
     dev = jax.devices()[0]
     out = {"framework": "jax", "device": f"{dev.device_kind} ({jax.default_backend()})",
@@ -159,7 +170,7 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
            "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
            "step_times_s": [round(t, 4) for t in times], "median_step_s": med,
            "examples_per_s": rows / med, "xla_memory": mem,
-           "max_rss_mib": round(max_rss_mib(), 1),
+           "max_rss_mib": round(max_rss_mib(), 1), "page_faults_per_step": faults,
            "last_losses": [float(x) for x in np.asarray(m["losses"])]}
     if profile:   # after the timing, so the profiler costs the timed steps nothing
         import xla_profile

@@ -11,15 +11,18 @@ this. (At batch 1 and 8 the scratch is under 32 MB and nothing changes.)
 
 :func:`keep_freed_memory` tells glibc (``mallopt``) to serve every block from its heap
 (no ``mmap``), to use that one heap for all threads (a thread's own heap is capped at
-64 MB and falls back to ``mmap`` for more) and to keep freed memory instead of trimming
-it, up to 2 GB free at the top of the heap (the most ``mallopt`` takes: a scratch over
-2 GB is still returned to the system and faulted in again by the next call). The
-scratch is then faulted in once and reused by later calls: the MiniLM forward at batch
-32 takes 0.74-0.91x the time (docs/benchmarks.md, *XLA:CPU's scratch and glibc*). The
-price: the heap grows by a scratch now and then over the first calls (a call's scratch
-is freed by a worker thread as the next call starts) and the process keeps its peak
-until it exits; all threads share one malloc arena. MiniLM's training processes peaked
-at up to 2.5 GB more RSS (docs/benchmarks.md, *With freed memory kept*).
+64 MB and falls back to ``mmap`` for more) and never to trim freed memory off the top
+of the heap (``M_TRIM_THRESHOLD`` -1: a finite threshold gives back, at every call, a
+scratch larger than itself, as 2 GB, the largest positive ``int``, did with BERT-base's
+5-6 GB training scratch). The scratch is then faulted in once and reused by later
+calls: the MiniLM forward at batch 32 takes 0.74-0.91x the time, a BERT-base training
+step 0.67-0.83x (docs/benchmarks.md, *XLA:CPU's scratch and glibc*, *Scratches over 2
+GB: never trim*). The price: the heap grows by a scratch now and then, mostly over the
+first calls (a call that cannot reuse a freed scratch, part of which a smaller block
+took or which a worker thread has not freed yet, gets a new one), and the process
+keeps its peak until it exits; all threads share one malloc arena. Training processes
+peaked at about one scratch more RSS: up to 2.9 GB more for MiniLM, 4.8-5.3 GB more
+for BERT-base.
 
 It must run before JAX starts its CPU backend (the first ``jax.devices()``, array or
 compiled call): the threads that free the scratch pick their heap at their first
@@ -40,11 +43,13 @@ import platform
 
 _log = logging.getLogger(__name__)
 
-# (glibc tunable, mallopt parameter from glibc's malloc.h, value)
-_KEEP = (("arena_max", -8, 1), ("mmap_max", -4, 0), ("trim_threshold", -1, 2**31 - 1))
+# (glibc tunable, mallopt parameter from glibc's malloc.h, value); a trim threshold of
+# -1 never trims (mallopt(3))
+_KEEP = (("arena_max", -8, 1), ("mmap_max", -4, 0), ("trim_threshold", -1, -1))
 
-#: The same settings for a whole program, set before it starts: ``GLIBC_TUNABLES=...``.
-GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _KEEP)
+#: The same settings for a whole program, set before it starts: ``GLIBC_TUNABLES=...``
+#: (tunables are size_t: -1 is written as SIZE_MAX).
+GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value % 2**64}" for name, _, value in _KEEP)
 
 _applied = False
 
