@@ -21,7 +21,7 @@ GB: never trim*). The price: the heap grows by a scratch now and then, mostly ov
 first calls (a call that cannot reuse a freed scratch, part of which a smaller block
 took or which a worker thread has not freed yet, gets a new one), and the process
 keeps its peak until it exits; all threads share one malloc arena. Training processes
-peaked at about one scratch more RSS: up to 2.9 GB more for MiniLM, 4.8-5.3 GB more
+peaked at one to three scratches more RSS: up to 2.9 GB more for MiniLM, 4.8-5.3 GB more
 for BERT-base.
 
 It must run before JAX starts its CPU backend (the first ``jax.devices()``, array or
