@@ -17,7 +17,6 @@ Prints a markdown table and writes JSON (default runs/bench/host_memory.json).
 import argparse
 import json
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from train_throughput import run_header, write_atomic  # noqa: E402
+from train_throughput import (max_rss_mib, minor_faults, run_header,  # noqa: E402
+                              write_atomic)
 
 MODES = ("system", "keep")
 
@@ -56,15 +56,15 @@ def worker(args) -> dict:
                 forward(small_params, **jin).block_until_ready()
             ms, faults = [], []
             for _ in range(args.calls):
-                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                f0 = minor_faults()
                 t0 = time.perf_counter()
                 forward(small_params, **jin).block_until_ready()
                 ms.append((time.perf_counter() - t0) * 1e3)
-                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+                faults.append(minor_faults() - f0)
             rows.append({"batch": batch, "width": subnet.width, "depth": subnet.depth,
                          "ms": ms, "faults": faults})
     return {"mode": args.worker, "kept": kept, "rows": rows,
-            "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "max_rss_mib": max_rss_mib()}
 
 
 def main():

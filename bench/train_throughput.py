@@ -44,6 +44,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -84,15 +85,11 @@ def random_batch(batch: int, seq: int, vocab: int = 30522, num_labels: int = 2, 
 
 
 def max_rss_mib() -> float:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def minor_faults() -> int:
     """Pages this process has faulted in so far (fresh memory the kernel had to map)."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 

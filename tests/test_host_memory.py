@@ -47,13 +47,18 @@ print(json.dumps({"applied": applied, "again": again, "faults": faults}))
 """
 
 
-def _probe(mode, **env):
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_PROBE), mode], cwd=REPO,
+def _run(script, mode, **env):
+    """Run ``script`` in a fresh Python with ``mode`` as its argument; its last line of
+    output (JSON) and its stderr."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script), mode], cwd=REPO,
                          capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-                              "PATH": "/usr/bin:/bin", **env})
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **env})
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+def _probe(mode, **env):
+    return _run(_PROBE, mode, JAX_PLATFORMS="cpu", **env)
 
 
 def _median(values):
@@ -106,8 +111,9 @@ libc = host_memory._libc()
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
-if sys.argv[1] == "threshold_2gb":   # the setting before 2026-12-06's second change
-    ok = all(libc.mallopt(p, v) == 1 for p, v in ((-8, 1), (-4, 0), (-1, 2**31 - 1)))
+if sys.argv[1] == "threshold_2gb":   # the same settings with the earlier 2 GB threshold
+    ok = all(libc.mallopt(p, 2**31 - 1 if name == "trim_threshold" else v) == 1
+             for name, p, v in host_memory._KEEP)
 else:
     ok = host_memory.keep_freed_memory()
 block = libc.malloc(9 * 2**28)   # 2.25 GiB
@@ -123,11 +129,7 @@ def test_a_scratch_over_2gb_is_kept_too():
     # back on every step (1.37 million page faults a step at 2 GB)
     out = {}
     for mode in ("threshold_2gb", "keep"):
-        res = subprocess.run([sys.executable, "-c", textwrap.dedent(_TOP), mode],
-                             cwd=REPO, capture_output=True, text=True, timeout=120,
-                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-        assert res.returncode == 0, res.stderr[-3000:]
-        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+        out[mode], _ = _run(_TOP, mode)
         if not out[mode]["allocated"]:
             pytest.skip("no 2.25 GiB of address space for the heap here")
     assert out["threshold_2gb"]["ok"] and out["keep"]["ok"], out
