@@ -4,8 +4,8 @@
 speedup there divides medians taken up to minutes apart. This script times the full
 network and the chosen sub-networks call by call, alternating, in blocks of ``--calls``
 calls, and reports for every block each network's median, the speedup measured inside
-the block, speedup / (1 / FLOPs ratio) (the issue's target is >= 0.9), and what XLA:CPU's
-threads did per call of each network: voluntary context switches (a thread going to
+the block, speedup / (1 / FLOPs ratio) (the target in docs/benchmarks.md is >= 0.9), and
+what XLA:CPU's threads did per call of each network: voluntary context switches (a thread going to
 sleep) and CPU time, from ``/proc/self/task`` (Linux; left out elsewhere).
 
 It was written for MiniLM's (0.25, 0.5) at batch 32, whose time moves between two
@@ -16,6 +16,9 @@ levels in runs of seconds while the full network's moves less
     # on one core: XLA's pool and the dispatching thread share it
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \\
         taskset -c 0 python bench/ratio_drift.py --shape minilm --subnets 0.25x0.5 --batch 32
+    # an XLA option A/B in one process: each network compiled both ways, timed alternating
+    python bench/ratio_drift.py --subnets 0.25x0.5 --compiler-option \
+        xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
 
 Prints a markdown table and writes JSON (default runs/bench/ratio_drift.json).
 """
@@ -45,8 +48,9 @@ def thread_counters() -> dict | None:
         try:
             name = (TASKS / tid / "comm").read_text().strip()
             stat = (TASKS / tid / "stat").read_text().rsplit(")", 1)[1].split()
-            vol = next(int(line.split()[1]) for line in open(TASKS / tid / "status")
-                       if line.startswith("voluntary_ctxt_switches"))
+            with open(TASKS / tid / "status") as status:
+                vol = next(int(line.split()[1]) for line in status
+                           if line.startswith("voluntary_ctxt_switches"))
         except (OSError, StopIteration):   # the thread ended meanwhile
             continue
         out[tid] = (name, int(stat[11]) + int(stat[12]), vol)   # utime + stime

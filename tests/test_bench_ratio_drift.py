@@ -43,6 +43,7 @@ def test_a_tiny_run_writes_each_block_and_the_summary(tmp_path):
     out = tmp_path / "drift.json"
     ratio_drift.main(["--subnets", "0.25x0.5", "--batch", "1", "--seq", "16",
                       "--blocks", "2", "--calls", "1", "--warmup", "0",
+                      "--host-memory", "system",   # no glibc settings for the test process
                       "--compiler-option", "xla_cpu_enable_fast_math=false",
                       "--out", str(out)])
     result = json.loads(out.read_text())
