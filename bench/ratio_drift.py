@@ -124,6 +124,7 @@ def main(argv=None):
     import numpy as np
 
     import dynabert_jax as dj
+    from dynabert_jax.export import forward_fn
     from latency import load_shape, make_inputs
 
     out, header = run_header(args.out)
@@ -138,21 +139,17 @@ def main(argv=None):
               for k, v in make_inputs(cfg, args.batch, args.seq).items()}
     options = parse_options(args.compiler_option)
     variants = {"": None} if not options else {"": None, "+options": options}
+    full_flops = dj.encoder_flops(cfg, dj.FULL, args.seq)
+    flops_ratio = {s.name: dj.encoder_flops(cfg, s, args.seq) / full_flops for s in subnets}
     nets = {}   # name -> (sub-network, variant, compiled forward, params)
     for s in subnets:
         small_model, small_params = dj.extract_subnetwork(model, params, s)
-
-        def forward(p, input_ids, attention_mask, token_type_ids, m=small_model):
-            return m.apply({"params": p}, input_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids, deterministic=True).logits
-
-        lowered = jax.jit(forward).lower(small_params, **inputs)
+        lowered = jax.jit(forward_fn(small_model)).lower(small_params, **inputs)
         for variant, opts in variants.items():
             fn = lowered.compile(compiler_options=opts) if opts else lowered.compile()
             for _ in range(1 + args.warmup):
                 fn(small_params, **inputs).block_until_ready()
             nets[s.name + variant] = (s, variant, fn, small_params)
-    full_flops = dj.encoder_flops(cfg, dj.FULL, args.seq)
     tick_ms = 1e3 / os.sysconf("SC_CLK_TCK")
 
     blocks = []
@@ -170,7 +167,7 @@ def main(argv=None):
         for k, (s, variant, _, _) in nets.items():
             med = statistics.median(ms[k])
             full_ms = statistics.median(ms[dj.FULL.name + variant])
-            ratio = dj.encoder_flops(cfg, s, args.seq) / full_flops
+            ratio = flops_ratio[s.name]
             row["nets"][k] = {
                 "ms": round(med, 3), "ms_all": [round(x, 3) for x in ms[k]],
                 "speedup": round(full_ms / med, 4), "flops_ratio": round(ratio, 4),
@@ -195,24 +192,22 @@ def main(argv=None):
              "min / median / max | blocks >= 0.9 | time / default's: median (range) |",
              "|---|---|---|---|---|---|"]
     for k, (s, variant, _, _) in nets.items():
-        t = [row["nets"][k]["ms"] for row in blocks]
-        r = [row["nets"][k]["speedup_over_flops_ratio"] for row in blocks]
-        o = [row["nets"][k]["over_default"] for row in blocks] if variant else []
-        summary[k] = {"ms": [min(t), statistics.median(t), max(t)]}
-        cells = ["", ""]
+        def spread(field):   # [min, median, max] of a field over the blocks
+            xs = [row["nets"][k][field] for row in blocks]
+            return [min(xs), statistics.median(xs), max(xs)]
+
+        t = summary.setdefault(k, {})["ms"] = spread("ms")
+        cells = ["", "", ""]
         if s != dj.FULL:
-            summary[k].update(speedup_over_flops_ratio=[min(r), statistics.median(r), max(r)],
-                              blocks_at_or_over_0_9=sum(x >= 0.9 for x in r))
-            cells = [f"{min(r):.2f} / {statistics.median(r):.2f} / {max(r):.2f}",
-                     f"{summary[k]['blocks_at_or_over_0_9']} of {len(r)}"]
-        if o:
-            summary[k]["over_default"] = [min(o), statistics.median(o), max(o)]
-        lines.append(f"| ({s.width:g}, {s.depth:g}){variant} "
-                     f"| {blocks[0]['nets'][k]['flops_ratio']:.4g} "
-                     f"| {min(t):.1f} / {statistics.median(t):.1f} / {max(t):.1f} "
-                     f"| {cells[0]} | {cells[1]} | "
-                     + (f"{statistics.median(o):.3f} ({min(o):.3f}-{max(o):.3f})" if o else "")
-                     + " |")
+            r = summary[k]["speedup_over_flops_ratio"] = spread("speedup_over_flops_ratio")
+            n = summary[k]["blocks_at_or_over_0_9"] = sum(
+                row["nets"][k]["speedup_over_flops_ratio"] >= 0.9 for row in blocks)
+            cells[:2] = ["{:.2f} / {:.2f} / {:.2f}".format(*r), f"{n} of {len(blocks)}"]
+        if variant:
+            o = summary[k]["over_default"] = spread("over_default")
+            cells[2] = f"{o[1]:.3f} ({o[0]:.3f}-{o[2]:.3f})"
+        lines.append(f"| ({s.width:g}, {s.depth:g}){variant} | {flops_ratio[s.name]:.4g} | "
+                     "{:.1f} / {:.1f} / {:.1f} | ".format(*t) + " | ".join(cells) + " |")
     print("\n" + "\n".join(lines))
     write_atomic(out, dict(
         header, benchmark="ratio_drift", shape=args.shape, batch=args.batch, seq=args.seq,
