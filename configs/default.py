@@ -167,6 +167,11 @@ def get_config():
     # plugin, or JAX_PLATFORMS=cpu). The process keeps its peak memory until it exits.
     # dynabert_jax/host_memory.py.
     c.keep_host_memory = True
+    # On CPU, the vector width (bits) XLA asks LLVM for in the train, eval and
+    # rewiring programs: 512 on a CPU with AVX-512 (elsewhere XLA keeps its 256), a
+    # training step 0.95-1.0x the time; 0 = XLA's default. Numbers agree to an ULP or
+    # so (dynabert_jax/compile_options.py; no effect on GPU/TPU).
+    c.cpu_prefer_vector_width = 512
     # A folder for JAX's persistent compilation cache ("" = off). A multi-student step
     # compiles for 0.5-4 min (longest on GPUs, which autotune every matmul shape); with
     # the cache a resumed run, a rerun or a sweep point of the same shapes loads it.

@@ -136,11 +136,6 @@ def _batch_scores(model: DynaBertModel, params, batch):
     return g_head, fan_in, fan_out, loss
 
 
-#: One dev batch -> its signed scores; compiled once per model and batch shape.
-_scores = jax.jit(_batch_scores, static_argnames="model")
-
-
-@functools.partial(jax.jit, static_argnames="accumulate")
 def _accumulate(accumulate: str, carry: Dict[str, jax.Array], g, a, c
                 ) -> Dict[str, jax.Array]:
     """Add one batch's scores ``g [L, H]``, ``a [L, F]``, ``c [L, F]`` to the carry.
@@ -154,6 +149,15 @@ def _accumulate(accumulate: str, carry: Dict[str, jax.Array], g, a, c
     return dict(run_head=g, run_in=a, run_out=c,
                 head=carry["head"] + jnp.abs(g),
                 neuron=carry["neuron"] + jnp.abs(a) + jnp.abs(c))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(options: Tuple[Tuple[str, Any], ...] = ()):
+    """``(scores, accumulate)`` jitted with ``jax.jit``'s ``compiler_options``
+    ``dict(options)``; each compiles once per model and batch shape."""
+    opts = dict(options) or None
+    return (jax.jit(_batch_scores, static_argnames="model", compiler_options=opts),
+            jax.jit(_accumulate, static_argnames="accumulate", compiler_options=opts))
 
 
 # ----------------------------------------------------------------------------------
@@ -205,7 +209,9 @@ def _prepare(batch: Mapping[str, Any], config: ModelConfig, rows: Optional[int],
 
 def importance(model: DynaBertModel, params, batches: Iterable[Mapping[str, Any]],
                accumulate: str = "official", *, disable: bool = False,
-               desc: str = "importance") -> Tuple[np.ndarray, np.ndarray]:
+               desc: str = "importance",
+               compiler_options: Optional[Mapping[str, Any]] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
     """Head and FFN-neuron importance of a fine-tuned model on (dev) batches.
 
     Args:
@@ -226,6 +232,8 @@ def importance(model: DynaBertModel, params, batches: Iterable[Mapping[str, Any]
         per-batch gradients). See the module docstring.
       disable: hide the tqdm progress bar.
       desc: the progress bar's label.
+      compiler_options: ``jax.jit``'s, for the programs it compiles (the trainer's
+        ``dynabert_jax.compile_options``); None: XLA's defaults.
 
     Returns:
       ``(head_imp [L, H], neuron_imp [L, F])`` float32 numpy arrays.
@@ -248,6 +256,7 @@ def importance(model: DynaBertModel, params, batches: Iterable[Mapping[str, Any]
     carry = dict(run_head=zeros_h, run_in=zeros_f, run_out=zeros_f,
                  head=zeros_h, neuron=zeros_f)
 
+    scores_fn, accumulate_fn = _jitted(tuple(sorted((compiler_options or {}).items())))
     rows, used, loss_sum = None, 0, jnp.zeros((), jnp.float32)
     total = len(batches) if hasattr(batches, "__len__") else None
     bar = tqdm(batches, total=total, desc=desc, unit="batch", disable=disable,
@@ -258,8 +267,8 @@ def importance(model: DynaBertModel, params, batches: Iterable[Mapping[str, Any]
             rows = batch["input_ids"].shape[0]
         if not batch["weight"].any():
             continue
-        g, a, c, loss = _scores(model, params, batch)
-        carry = _accumulate(accumulate, carry, g, a, c)
+        g, a, c, loss = scores_fn(model, params, batch)
+        carry = accumulate_fn(accumulate, carry, g, a, c)
         loss_sum, used = loss_sum + loss, used + 1
         if used % 50 == 0:  # syncs with the device, so only now and then
             bar.set_postfix(loss=f"{float(loss_sum) / used:.4f}")
@@ -344,7 +353,7 @@ def rewire_network(model: DynaBertModel, params, batches: Iterable[Mapping[str, 
                    accumulate: str = "official", **kw):
     """:func:`importance` then :func:`permute`: ``(params, head_imp, neuron_imp)``.
 
-    ``kw`` goes to :func:`importance` (``disable``, ``desc``).
+    ``kw`` goes to :func:`importance` (``disable``, ``desc``, ``compiler_options``).
     """
     head_imp, neuron_imp = importance(model, params, batches, accumulate, **kw)
     return permute(params, head_imp, neuron_imp, config=model.config), head_imp, neuron_imp

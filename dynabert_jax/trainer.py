@@ -46,7 +46,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dynabert_jax import checkpoint as ckpt
-from dynabert_jax import cpu_rng, data, metrics, report, rewire, sharding, steps
+from dynabert_jax import (compile_options, cpu_rng, data, metrics, report, rewire,
+                          sharding, steps)
 from dynabert_jax.convert import (CheckpointError, config_from_hf, from_pretrained_pytorch,
                                   label_order, permute_labels, read_hf_config, read_json)
 from dynabert_jax.modeling import DynaBertModel
@@ -285,6 +286,9 @@ class Context:
     # (teacher, its ckpt.tree_checksum); see checksum()
     _teacher_checksum: Optional[Tuple[Any, str]] = dataclasses.field(default=None,
                                                                        repr=False)
+    # jax.jit's compiler_options for every program the stages compile (train, eval,
+    # rewiring): config.cpu_prefer_vector_width on CPU, else None (compile_options.py)
+    compiler_options: Optional[Dict[str, Any]] = None
 
     @classmethod
     def create(cls, config, workdir) -> "Context":
@@ -346,9 +350,11 @@ class Context:
                  f" (+{sizes['augmented']['used']} augmented, for DynaBERT_W and DynaBERT)",
                  {k: data.num_examples(v) for k, v in dev.items()},
                  mesh.size, jax.devices()[0].platform)
+        options = compile_options.compiler_options(
+            config.get("cpu_prefer_vector_width", 0), mesh.devices.flat[0].platform)
         return cls(config, workdir, task, tokenizer, DynaBertModel(model_config, dtype),
                    pretrained, train, dev, mesh, squad_dev, sizes=sizes,
-                   train_augmented=train_augmented)
+                   train_augmented=train_augmented, compiler_options=options)
 
     def train_arrays(self, stage: str) -> Dict[str, np.ndarray]:
         """The training set of ``stage``. The distillation stages (DynaBERT_W and
@@ -390,7 +396,8 @@ class Evaluator:
         self.ctx = ctx
         sharding.check_batch_size(batch_size, ctx.mesh, "eval batch size")
         self.batch_size = batch_size
-        self._fn = jax.jit(steps.make_eval_step(ctx.model), static_argnums=2)
+        self._fn = jax.jit(steps.make_eval_step(ctx.model), static_argnums=2,
+                           compiler_options=ctx.compiler_options)
 
     def __call__(self, params, subnets: Sequence[SubNet],
                  progress: bool = True) -> Dict[SubNet, Dict[str, float]]:
@@ -572,8 +579,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
     teacher_params = {} if teacher_params is None else teacher_params
     teacher_sh = sharding.tree_shardings(teacher_params, mesh, fsdp)
     repl = sharding.replicated(mesh)
-    state = jax.jit(lambda p: steps.init_state(p, tx), out_shardings=state_sh)(
-        _copy(init_params))
+    state = jax.jit(lambda p: steps.init_state(p, tx), out_shardings=state_sh,
+                    compiler_options=ctx.compiler_options)(_copy(init_params))
     teacher_params = jax.device_put(teacher_params, teacher_sh)
     writer = report.MetricWriter(out_dir / "metrics.jsonl",
                                  str(out_dir / "tb") if config.tensorboard else None)
@@ -606,7 +613,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                                                 accum_steps=accum,
                                                 partial_clip_norm=partial_clip),
                           in_shardings=(state_sh, teacher_sh, batch_sh, repl),
-                          out_shardings=(state_sh, repl), donate_argnums=0)
+                          out_shardings=(state_sh, repl), donate_argnums=0,
+                          compiler_options=ctx.compiler_options)
         ex = sharding.shard_batch(_process_rows(data.cut_sequence(example, length)), mesh)
         return step_fn.lower(state, teacher_params, ex, rng).compile()
 
@@ -851,7 +859,7 @@ def stage_rewire(ctx: Context):
         batches = list(ctx.dev_batches(cfg.batch_size))   # a known total for the bar
         new, head_imp, neuron_imp = rewire.rewire_network(
             ctx.model, params, batches, accumulate=cfg.accumulate,
-            disable=not _progress(ctx.config))
+            disable=not _progress(ctx.config), compiler_options=ctx.compiler_options)
         if report.is_primary():
             np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
         head_order = np.argsort(-head_imp, axis=1, kind="stable")
@@ -1074,11 +1082,13 @@ def check_grid(config, model_config=None) -> Tuple[SubNet, ...]:
 
 def stages_to_run(config) -> Tuple[str, ...]:
     """The stages ``config.stage`` names, in order, after checking the options every
-    stage reads (the task, data options, baselines, the grid, the dropout PRNG)."""
+    stage reads (the task, data options, baselines, the grid, the dropout PRNG, the CPU
+    vector width)."""
     task_from_config(config)
     _check_data_options(config)
     check_grid(config)
     try:
+        compile_options.check_vector_width(config.get("cpu_prefer_vector_width", 0))
         steps.dropout_key(0, config.get("dropout_prng", "threefry2x32"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -1176,7 +1186,8 @@ def _check_workdir_shared(workdir: pathlib.Path, timeout: float) -> None:
 
 
 #: Settings that may differ between the processes of one run: where each host finds its
-#: files (their contents are compared instead: the data, the weights) and how it reports.
+#: files (their contents are compared instead: the data, the weights), how it reports and
+#: how it compiles for its own CPU.
 #: The agreement check leaves them out, and so do the sweeps started on several hosts
 #: (`dynabert_jax.sweep`) when they match each other's records.
 PER_PROCESS = ("teacher_checkpoint", "model.pretrained", "model.tokenizer",
@@ -1184,7 +1195,8 @@ PER_PROCESS = ("teacher_checkpoint", "model.pretrained", "model.tokenizer",
                "data.squad_train", "data.squad_dev", "data.custom.train",
                "data.custom.dev", "compilation_cache_dir", "process_id",
                "coordinator_address", "shared_workdir_timeout", "progress",
-               "tensorboard", "report_memory", "log_every", "keep_host_memory")
+               "tensorboard", "report_memory", "log_every", "keep_host_memory",
+               "cpu_prefer_vector_width")
 
 
 def _flat(d: Mapping, prefix: str = "") -> Dict[str, Any]:
@@ -1294,7 +1306,8 @@ def train_and_evaluate(config, workdir):
                 f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1),
                                     "time": round(time.time(), 1),
                                     "device": jax.devices()[0].device_kind,
-                                    "num_devices": ctx.mesh.size}) + "\n")
+                                    "num_devices": ctx.mesh.size,
+                                    "compiler_options": ctx.compiler_options}) + "\n")
     return result
 
 

@@ -2,6 +2,7 @@
 the PyTorch-teacher path, NaN handling, config errors and checkpoint mismatches."""
 import json
 import pathlib
+import platform
 import shutil
 import subprocess
 import sys
@@ -31,13 +32,16 @@ def _like(config):
 #: starting parameters, checksum of its teacher or None, its LossSpec); and the batches
 #: rewiring computed importance on
 _CALLS, _REWIRE_BATCHES = [], []
+#: (file name, compiler_options) of each jax.jit the trainer and rewiring made in that run
+_JITS = []
 
 
 @pytest.fixture(scope="module")
 def all_stages(tiny_bert_dir, tmp_path_factory):
     """One run of the whole chain (with final fine-tuning) on the tiny model, recording
-    what each stage started from and distilled from (`_CALLS`)."""
-    from dynabert_jax import rewire
+    what each stage started from and distilled from (`_CALLS`) and the compiler options
+    of the programs it compiled (`_JITS`; 512-bit vectors asked for on any x86 CPU)."""
+    from dynabert_jax import compile_options, rewire
 
     tmp = tmp_path_factory.mktemp("all")
     config = tiny_train_config(tiny_bert_dir, tmp, **{"final.enabled": True,
@@ -54,11 +58,24 @@ def all_stages(tiny_bert_dir, tmp_path_factory):
         _REWIRE_BATCHES.extend(batches)
         return rewire_network(model, params, batches, **kw)
 
+    jit = jax.jit
+
+    def recording_jit(*args, **kw):
+        caller = pathlib.Path(sys._getframe(1).f_code.co_filename).name
+        if caller in ("trainer.py", "rewire.py"):
+            _JITS.append((caller, kw.get("compiler_options")))
+        return jit(*args, **kw)
+
     _CALLS.clear()
     _REWIRE_BATCHES.clear()
+    _JITS.clear()
+    rewire._jitted.cache_clear()   # so that rewiring jits its programs in this run
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trainer, "train_stage", recording_train_stage)
         mp.setattr(rewire, "rewire_network", recording_rewire)
+        mp.setattr(jax, "jit", recording_jit)
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            mp.setattr(compile_options, "cpu_has_avx512", lambda: True)
         record = trainer.train_and_evaluate(config, tmp / "run")
     return config, tmp / "run", record
 
@@ -122,6 +139,34 @@ def test_every_stage_runs_and_writes_its_outputs(all_stages):
     assert "| width \\ depth |" in (run / "grid.md").read_text()
     memory = json.loads((run / "width_depth" / "memory.json").read_text())
     assert memory["num_students"] == 12 and memory["peak_ratio"] <= 2.0
+
+
+def test_every_program_is_compiled_with_the_configured_vector_width(all_stages):
+    # config.cpu_prefer_vector_width (512 by default) reaches every jax.jit of the
+    # training, evaluation and rewiring programs (on the CPU backend the tests run on)
+    config, run, _ = all_stages
+    assert config.cpu_prefer_vector_width == 512
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    want = {"xla_cpu_prefer_vector_width": 512} if x86 else None
+    assert {caller for caller, _ in _JITS} == {"trainer.py", "rewire.py"}
+    # eval, optimizer state and train step per stage; rewiring's scores and running sums
+    assert len(_JITS) >= 12 and all(options == want for _, options in _JITS), _JITS
+    # and each stage's wall time is recorded beside the options it was compiled with
+    rows = [json.loads(x) for x in (run / "stages.jsonl").read_text().splitlines()]
+    assert rows and all(row["compiler_options"] == want for row in rows)
+
+
+def test_a_bad_compiler_option_reaches_xla_and_fails_the_run(tiny_bert_dir, tmp_path,
+                                                             monkeypatch):
+    # the options are handed to XLA's compiler, not dropped on the way: one it does not
+    # know stops the run at the first compile
+    from dynabert_jax import compile_options
+
+    monkeypatch.setattr(compile_options, "compiler_options",
+                        lambda width, backend: {"xla_dynabert_no_such_option": 1})
+    c = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher")
+    with pytest.raises(Exception, match="No such compile option: 'xla_dynabert_no_such"):
+        trainer.train_and_evaluate(c, tmp_path / "run")
 
 
 @pytest.mark.slow
