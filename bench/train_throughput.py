@@ -30,7 +30,10 @@ defines them (weights, gradients and the optimizer stay float32 in both). MFU = 
 FLOPs / step time / ``--peak-tflops``: give the device's peak for that precision.
 ``--accum K``: each step of ours is one update over K accumulated batches of ``--batch``
 (``grad_accum_steps``; examples/s counts all K); the PyTorch reference has no
-accumulation, so it takes ``--frameworks jax``.
+accumulation, so it takes ``--frameworks jax``. ``--cpu-vector-width``: ours on CPU
+asks XLA for 512-bit vectors on an AVX-512 CPU, as the trainer does
+(``config.cpu_prefer_vector_width``); 0 gives XLA's default 256, as every table recorded
+before that option.
 
 Prints a markdown table per shape and writes JSON (default
 runs/bench/train_throughput.json, rewritten atomically after every measurement). Ours
@@ -105,12 +108,13 @@ def students_of(dj, stage: str):
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
                warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
                dropout: float = 0.1, dropout_prng: str = "threefry2x32",
-               accum: int = 1, profile: int = 0, keep_host_memory: bool = True) -> dict:
+               accum: int = 1, profile: int = 0, keep_host_memory: bool = True,
+               cpu_vector_width: int = 512) -> dict:
     import jax
     import jax.numpy as jnp
 
     import dynabert_jax as dj
-    from dynabert_jax import cpu_rng, host_memory, steps
+    from dynabert_jax import compile_options, cpu_rng, host_memory, steps
 
     # as train.py does (config.keep_host_memory), before JAX's backend starts
     kept = (keep_host_memory and host_memory.jax_runs_on_cpu()
@@ -138,7 +142,10 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     t0 = time.perf_counter()
     step = steps.make_train_step(model, students, spec, tx, accum_steps=accum,
                                  partial_clip_norm=1.0 if accum > 1 else None)
-    compiled = jax.jit(step, donate_argnums=0).lower(state, teacher, b, rng).compile()
+    # as the trainer compiles it (config.cpu_prefer_vector_width)
+    options = compile_options.compiler_options(cpu_vector_width, jax.default_backend())
+    compiled = jax.jit(step, donate_argnums=0, compiler_options=options).lower(
+        state, teacher, b, rng).compile()
     compile_s = time.perf_counter() - t0
     mem = steps.memory_stats(compiled)
     del params
@@ -164,6 +171,7 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
            "seq": seq, "dtype": dtype, "jax_matmul_precision": precision,
            "dropout": dropout, "dropout_prng": dropout_prng,
            "unrolled_threefry": unroll_threefry, "host_memory_kept": kept,
+           "compiler_options": options,
            "compile_s": round(compile_s, 2), "first_step_s": round(first, 3),
            "step_times_s": [round(t, 4) for t in times], "median_step_s": med,
            "examples_per_s": rows / med, "xla_memory": mem,
@@ -383,6 +391,11 @@ def main():
                          "dynabert_jax.host_memory, as the trainer; the PyTorch "
                          "reference: the same settings as GLIBC_TUNABLES); system: "
                          "glibc's defaults (the tables before 2026-12-06's last ones)")
+    ap.add_argument("--cpu-vector-width", type=int, default=512, choices=(0, 128, 256, 512),
+                    help="ours on CPU: the vector width XLA asks LLVM for, as the trainer's "
+                         "config.cpu_prefer_vector_width (512 only on an AVX-512 CPU); 0: "
+                         "XLA's default, 256, as in every table recorded before the option "
+                         "(docs/benchmarks.md)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="also profile N more steps of ours (after the timed ones) and "
                          "report device time per kind of work (bench/xla_profile.py)")
@@ -402,7 +415,8 @@ def main():
                          dtype=args.dtype, dropout=args.dropout,
                          dropout_prng=args.dropout_prng, accum=args.accum,
                          profile=args.profile,
-                         keep_host_memory=args.host_memory == "keep")
+                         keep_host_memory=args.host_memory == "keep",
+                         cpu_vector_width=args.cpu_vector_width)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -430,7 +444,7 @@ def main():
         "steps": steps_of, "warmup": args.warmup, "torch_threads": args.threads,
         "dtype": args.dtype, "torch_device": args.torch_device, "dropout": args.dropout,
         "dropout_prng": args.dropout_prng, "peak_tflops": args.peak_tflops, "unrolled_threefry": not args.rolled_threefry,
-        "host_memory": args.host_memory,
+        "host_memory": args.host_memory, "cpu_vector_width": args.cpu_vector_width,
         "parity": {}, "rows": [], "complete": False}
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
@@ -448,7 +462,8 @@ def main():
               "--dtype", args.dtype, "--dropout", args.dropout]
     jax_flags = (["--rolled-threefry"] if args.rolled_threefry else []) + [
         "--dropout-prng", args.dropout_prng, "--accum", args.accum,
-        "--profile", args.profile, "--host-memory", args.host_memory]
+        "--profile", args.profile, "--host-memory", args.host_memory,
+        "--cpu-vector-width", args.cpu_vector_width]
     torch_env = None   # the reference's process: the same glibc settings as ours
     if args.host_memory == "keep" and args.torch_device == "cpu":
         from dynabert_jax.host_memory import GLIBC_TUNABLES
