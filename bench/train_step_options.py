@@ -19,18 +19,18 @@ step.
 Prints a markdown row and writes JSON (default runs/bench/train_step_options.json).
 """
 import argparse
+import pathlib
 import statistics
 import sys
 import time
-import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from ratio_drift import parse_options  # noqa: E402
-from train_throughput import (SHAPES, STAGES, minor_faults, random_batch,  # noqa: E402
-                              run_header, students_of, write_atomic)
+from train_throughput import (SHAPES, STAGES, make_step, minor_faults,  # noqa: E402
+                              run_header, write_atomic)
 
 #: the shapes of train_throughput.py, and one for the tests
 BENCH_SHAPES = {**SHAPES, "tiny": dict(hidden_size=64, num_hidden_layers=2,
@@ -69,26 +69,14 @@ def main(argv=None):
 
     kept = args.host_memory == "keep" and host_memory.keep_freed_memory()
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    import dynabert_jax as dj
     from dynabert_jax import cpu_rng, steps
 
     cpu_rng.unroll_threefry_on_cpu()   # as the trainer does (config.cpu_unrolled_threefry)
     out, header = run_header(args.out)
-    shape = BENCH_SHAPES[args.shape]
-    cfg = dj.ModelConfig(head="classification", **shape)
-    model = dj.DynaBertModel(cfg)
-    params = dj.init_params(model, jax.random.PRNGKey(0))
-    teacher = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
-    _, lam_logit, lam_hidden = STAGES[args.stage]
-    students = students_of(dj, args.stage)
-    tx, _ = steps.make_optimizer(2e-5, 1000)
-    batch = {k: jnp.asarray(v) for k, v in random_batch(
-        args.batch, args.seq, cfg.vocab_size).items()}
-    step = steps.make_train_step(model, students, steps.LossSpec("distill", lam_logit,
-                                                                 lam_hidden), tx)
+    step, params, teacher, tx, batch, students = make_step(
+        BENCH_SHAPES[args.shape], args.stage, args.batch, args.seq)
     init = jax.jit(lambda p: steps.init_state(p, tx))
     states = {"default": init(params), "options": init(params)}
     lowered = jax.jit(step, donate_argnums=0).lower(states["default"], teacher, batch,

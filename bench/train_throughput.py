@@ -105,15 +105,43 @@ def students_of(dj, stage: str):
     return (dj.FULL,) if stage == "single" else dj.grid(dj.WIDTHS, STAGES[stage][0])
 
 
+def make_step(shape: dict, stage: str, batch: int, seq: int, *, dropout: float = 0.1,
+              compute: str = "float32", accum: int = 1):
+    """Our multi-student train step of ``stage`` at a model ``shape`` (``SHAPES``' kind of
+    dict) and what it runs on: ``(step, params, teacher, tx, device batch, students)``.
+    Random weights (``PRNGKey(0)``), the teacher a copy of them, the stage's students
+    and lambdas, AdamW at 2e-5 over 1000 steps, and ``random_batch`` of
+    ``batch x accum`` rows laid out for ``accum`` micro-batches as the trainer does."""
+    import jax
+    import jax.numpy as jnp
+
+    import dynabert_jax as dj
+    from dynabert_jax import steps
+
+    cfg = dj.ModelConfig(head="classification", hidden_dropout_prob=dropout,
+                         attention_probs_dropout_prob=dropout, **shape)
+    model = dj.DynaBertModel(cfg, dtype=getattr(jnp, compute))
+    params = dj.init_params(model, jax.random.PRNGKey(0))
+    teacher = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
+    _, lam_logit, lam_hidden = STAGES[stage]
+    students = students_of(dj, stage)
+    tx, _ = steps.make_optimizer(2e-5, 1000)
+    b = {k: jnp.asarray(v) for k, v in dj.data.interleave_micro_batches(
+        random_batch(batch * accum, seq, cfg.vocab_size), accum).items()}
+    step = steps.make_train_step(model, students,
+                                 steps.LossSpec("distill", lam_logit, lam_hidden), tx,
+                                 accum_steps=accum,
+                                 partial_clip_norm=1.0 if accum > 1 else None)
+    return step, params, teacher, tx, b, students
+
+
 def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
                warmup: int, unroll_threefry: bool = True, dtype: str = "float32",
                dropout: float = 0.1, dropout_prng: str = "threefry2x32",
                accum: int = 1, profile: int = 0, keep_host_memory: bool = True,
                cpu_vector_width: int = 512) -> dict:
     import jax
-    import jax.numpy as jnp
 
-    import dynabert_jax as dj
     from dynabert_jax import compile_options, cpu_rng, host_memory, steps
 
     # as train.py does (config.keep_host_memory), before JAX's backend starts
@@ -124,24 +152,13 @@ def jax_worker(shape: str, stage: str, batch: int, seq: int, steps_n: int,
     compute, precision, _, _ = PRECISIONS[dtype]
     if precision:
         jax.config.update("jax_default_matmul_precision", precision)
-    cfg = dj.ModelConfig(head="classification", hidden_dropout_prob=dropout,
-                         attention_probs_dropout_prob=dropout, **SHAPES[shape])
-    model = dj.DynaBertModel(cfg, dtype=getattr(jnp, compute))
-    params = dj.init_params(model, jax.random.PRNGKey(0))
-    teacher = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
-    _, lam_logit, lam_hidden = STAGES[stage]
-    students = students_of(dj, stage)
-    spec = steps.LossSpec("distill", lam_logit, lam_hidden)
-    tx, _ = steps.make_optimizer(2e-5, 1000)
+    step, params, teacher, tx, b, students = make_step(
+        SHAPES[shape], stage, batch, seq, dropout=dropout, compute=compute, accum=accum)
     state = jax.jit(lambda p: steps.init_state(p, tx))(params)
     rows = batch * accum   # one update's examples (laid out as the trainer does)
-    b = {k: jnp.asarray(v) for k, v in dj.data.interleave_micro_batches(
-        random_batch(rows, seq, cfg.vocab_size), accum).items()}
     rng = steps.dropout_key(0, dropout_prng)   # as the trainer (config.dropout_prng)
 
     t0 = time.perf_counter()
-    step = steps.make_train_step(model, students, spec, tx, accum_steps=accum,
-                                 partial_clip_norm=1.0 if accum > 1 else None)
     # as the trainer compiles it (config.cpu_prefer_vector_width)
     options = compile_options.compiler_options(cpu_vector_width, jax.default_backend())
     compiled = jax.jit(step, donate_argnums=0, compiler_options=options).lower(

@@ -31,11 +31,16 @@ _log = logging.getLogger(__name__)
 VECTOR_WIDTHS = (0, 128, 256, 512)
 
 
+def on_x86() -> bool:
+    """Whether this machine is a 64-bit x86 (Linux says x86_64, Windows AMD64)."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this machine is an x86 CPU with AVX-512F (the first ``flags`` line of
     Linux's ``cpuinfo``; False where it cannot tell)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not on_x86():
         return False
     try:
         with open(cpuinfo) as f:

@@ -2,7 +2,6 @@
 the PyTorch-teacher path, NaN handling, config errors and checkpoint mismatches."""
 import json
 import pathlib
-import platform
 import shutil
 import subprocess
 import sys
@@ -74,7 +73,7 @@ def all_stages(tiny_bert_dir, tmp_path_factory):
         mp.setattr(trainer, "train_stage", recording_train_stage)
         mp.setattr(rewire, "rewire_network", recording_rewire)
         mp.setattr(jax, "jit", recording_jit)
-        if platform.machine().lower() in ("x86_64", "amd64"):
+        if compile_options.on_x86():
             mp.setattr(compile_options, "cpu_has_avx512", lambda: True)
         record = trainer.train_and_evaluate(config, tmp / "run")
     return config, tmp / "run", record
@@ -144,10 +143,11 @@ def test_every_stage_runs_and_writes_its_outputs(all_stages):
 def test_every_program_is_compiled_with_the_configured_vector_width(all_stages):
     # config.cpu_prefer_vector_width (512 by default) reaches every jax.jit of the
     # training, evaluation and rewiring programs (on the CPU backend the tests run on)
+    from dynabert_jax import compile_options
+
     config, run, _ = all_stages
     assert config.cpu_prefer_vector_width == 512
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    want = {"xla_cpu_prefer_vector_width": 512} if x86 else None
+    want = {"xla_cpu_prefer_vector_width": 512} if compile_options.on_x86() else None
     assert {caller for caller, _ in _JITS} == {"trainer.py", "rewire.py"}
     # eval, optimizer state and train step per stage; rewiring's scores and running sums
     assert len(_JITS) >= 12 and all(options == want for _, options in _JITS), _JITS
