@@ -241,6 +241,21 @@ def load_params(directory, like: Any = None) -> Tuple[Any, dict]:
         store.close()
 
 
+def best_record(directory) -> Optional[dict]:
+    """The record saved with the ``best`` checkpoint of a stage folder
+    (``<workdir>/<stage>/checkpoints``): the stage's settings (``config``, the whole
+    config it trained with; ``training``), its step and dev scores. The parameters are
+    not read. None when the folder holds no best checkpoint."""
+    directory = pathlib.Path(directory)
+    if not (directory / "best").is_dir():   # the manager would create the folder
+        return None
+    store = StageCheckpoints(directory)
+    try:
+        return store.best_info()
+    finally:
+        store.close()
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write `text` to `path` so that a crash leaves the old file or the new one, never
     half of either: write a sibling temporary file, fsync it, rename it over `path`.

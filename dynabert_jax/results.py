@@ -6,7 +6,9 @@ the tables of docs/results.md.
 Each folder under ``--runs`` is a workdir of ``train.py`` (usually with
 ``configs/results.py``). From it this reads the teacher's dev metrics, the grids of
 DynaBERT (``width_depth``), DynaBERT_W (``width``), the baselines (``direct``,
-``no_rewire/...``), the data sizes, steps and wall time per stage, and writes:
+``no_rewire/...``), the data sizes, steps and wall time per stage, and writes (each
+stage's settings are those its checkpoints recorded: ``config.json`` is only the last
+``train.py`` command's, e.g. a ``stage=direct`` lane's):
 
 - ``<out>/results/<task>.json``: DynaBERT's ``grid.json`` record (so ``select`` reads it)
   plus ``baselines`` (each a grid record), ``setup``, ``latency`` and ``targets``;
@@ -35,7 +37,7 @@ import sys
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from dynabert_jax import select as select_lib
-from dynabert_jax.checkpoint import write_json_atomic, write_text_atomic
+from dynabert_jax.checkpoint import best_record, write_json_atomic, write_text_atomic
 from dynabert_jax.convert import CheckpointError, read_json
 from dynabert_jax.data import TASKS
 from dynabert_jax.report import points_scale
@@ -119,6 +121,14 @@ def _stage_setup(workdir: pathlib.Path, stage: str, scfg: Mapping) -> Optional[d
     return setup
 
 
+def _trained_config(workdir: pathlib.Path, stage: str) -> Optional[dict]:
+    """The whole config a stage folder trained with, as its best checkpoint recorded it,
+    or None (no checkpoint, or one that recorded no config)."""
+    rec = best_record(workdir / stage / "checkpoints")
+    cfg = rec.get("config") if isinstance(rec, dict) else None
+    return cfg if isinstance(cfg, dict) else None
+
+
 def collect_run(workdir) -> dict:
     """The results record of one finished run folder (see the module docstring)."""
     workdir = pathlib.Path(workdir)
@@ -137,15 +147,23 @@ def collect_run(workdir) -> dict:
         if name != "dynabert" and (workdir / rel).is_file():
             record["baselines"][name] = read_json(workdir / rel, "")
 
-    # A stage folder's settings are the config section of its last name component
-    # (no_rewire/width trains with config.width).
-    stage_cfg = {s: config.get(s.rsplit("/", 1)[-1], {}) for s in TRAINED_STAGES}
+    # Each stage's settings are those it trained with, from the config its checkpoints
+    # recorded: config.json is only the last train.py command's (a later `stage=direct`
+    # lane or `stage=final` run rewrites it), the fallback for a folder without one. A
+    # folder trains with the config section of its last name component (no_rewire/width
+    # with config.width).
+    def section(stage: str, cfg: Optional[dict]) -> dict:
+        return (cfg or config).get(stage.rsplit("/", 1)[-1], {})
+
+    trained = {s: _trained_config(workdir, s) for s in TRAINED_STAGES}
+    stage_cfg = {s: section(s, trained[s]) for s in TRAINED_STAGES}
     stages = {}
     for stage in TRAINED_STAGES:
         s = _stage_setup(workdir, stage, stage_cfg[stage])
         if s is not None:
             stages[stage] = s
-    per = [_stage_setup(workdir, f"direct/{p.name}", config.get("direct", {}))
+    per = [_stage_setup(workdir, f"direct/{p.name}",
+                        section("direct", _trained_config(workdir, f"direct/{p.name}")))
            for p in sorted((workdir / "direct").glob("w*_d*")) if p.is_dir()]
     per = [p for p in per if p]
     if per:
@@ -157,21 +175,22 @@ def collect_run(workdir) -> dict:
         device = row.get("device", device)
     data_sizes = read_json(workdir / "data.json", "") if (workdir / "data.json").is_file() \
         else {}
+    run = trained["width_depth"] or config   # the run's settings: DynaBERT's
     record["setup"] = {
-        "seed": config.get("seed"),
-        "pretrained": config.get("model", {}).get("pretrained"),
-        "dtype": config.get("model", {}).get("dtype"),
-        "max_seq_length": config.get("data", {}).get("max_seq_length"),
-        "train_size": config.get("data", {}).get("train_size"),
-        "pad_to_multiple_of": config.get("data", {}).get("pad_to_multiple_of", 0),
-        "group_by_length": config.get("data", {}).get("group_by_length", False),
+        "seed": run.get("seed"),
+        "pretrained": run.get("model", {}).get("pretrained"),
+        "dtype": run.get("model", {}).get("dtype"),
+        "max_seq_length": run.get("data", {}).get("max_seq_length"),
+        "train_size": run.get("data", {}).get("train_size"),
+        "pad_to_multiple_of": run.get("data", {}).get("pad_to_multiple_of", 0),
+        "group_by_length": run.get("data", {}).get("group_by_length", False),
         "data": data_sizes,
         "stages": stages,
         "wall_seconds": wall,
         "device": device,
         "eval_every": {k: v.get("eval_every") for k, v in stage_cfg.items() if v},
-        "rewire": config.get("rewire"),
-        "loss": config.get("loss"),
+        "rewire": run.get("rewire"),
+        "loss": run.get("loss"),
     }
     record["targets"] = targets(record)
     return record

@@ -1,6 +1,7 @@
 """The baselines of the results (direct fine-tuning per shape, DynaBERT without
 rewiring) on the tiny model, and their collection into docs/results tables."""
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -128,6 +129,38 @@ def test_collect_and_render(run_with_baselines, tmp_path):
     # The results file is a grid.json: select reads it.
     sel = dj.select.select(rec, max_flops=rec["subnets"][-1]["flops"])
     assert (sel.best.width, sel.best.depth) == (0.25, 0.5)
+
+
+@pytest.mark.slow
+def test_collect_reads_each_stage_settings_from_its_checkpoints(run_with_baselines,
+                                                                 tmp_path):
+    # config.json is the last train.py command's: a later lane (stage=direct, another
+    # learning rate, another sequence length) rewrites it. The record still gives each
+    # stage the settings it trained with, which its checkpoints recorded.
+    _, run = run_with_baselines
+    before = results.collect_run(run)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["stage"] = "direct"
+    for stage in ("teacher", "width", "width_depth", "direct"):
+        config[stage]["learning_rate"] *= 10
+        config[stage]["batch_size"] = 4
+    config["data"]["max_seq_length"] = 16
+    config["seed"] += 1
+    (copy / "config.json").write_text(json.dumps(config))
+    after = results.collect_run(copy)
+    assert after["setup"] == before["setup"]
+    assert after["setup"]["stages"]["width"]["learning_rate"] \
+        == json.loads((run / "config.json").read_text())["width"]["learning_rate"]
+    # A stage folder without checkpoints (older runs, or a hand-made folder) falls back
+    # to config.json; looking for them creates nothing.
+    shutil.rmtree(copy / "width" / "checkpoints")
+    assert ckpt.best_record(copy / "width" / "checkpoints") is None
+    assert not (copy / "width" / "checkpoints").exists()
+    fallback = results.collect_run(copy)["setup"]["stages"]
+    assert fallback["width"]["learning_rate"] == config["width"]["learning_rate"]
+    assert fallback["width_depth"] == before["setup"]["stages"]["width_depth"]
 
 
 def test_results_cli_errors(tmp_path, capsys):
