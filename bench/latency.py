@@ -40,9 +40,13 @@ CPU settings (chosen here, recorded in the JSON): JAX's CPU client is started wi
 ``torch.set_num_threads(--threads)``; both use all cores by default. glibc keeps freed
 memory for reuse (``--host-memory keep``, as train.py does; ``dynabert_jax/host_memory.py``),
 for both frameworks: without it every call of ours at batch 32 maps its scratch afresh.
+Ours is compiled with 512-bit vectors on an AVX-512 CPU (``--cpu-vector-width``, default
+512, as the trainer's ``config.cpu_prefer_vector_width`` and docs/deploy.md advise; 0:
+XLA's default 256, as every CPU table before 2026-12-07 was measured).
 """
 import argparse
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -114,6 +118,10 @@ def parse_args(argv=None):
                          "XLA:CPU's per-call scratch (over 32 MB at batch 32) is mapped "
                          "and faulted in afresh by every call (the tables before "
                          "2026-12-06's last ones)")
+    ap.add_argument("--cpu-vector-width", type=int, default=512, choices=(0, 128, 256, 512),
+                    help="ours on CPU: the vector width XLA asks LLVM for "
+                         "(dynabert_jax.compile_options; 512 only on an AVX-512 CPU, as "
+                         "the trainer and docs/deploy.md); 0: XLA's default (256)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "latency.json"))
     args = ap.parse_args(argv)
     if args.torch_linear == "onednn" and args.gpu_protocol:
@@ -216,6 +224,7 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
     import torch
 
     import dynabert_jax as dj
+    from dynabert_jax import compile_options
 
     compute, jax_precision, _, _ = PRECISIONS[dtype]
     jmodel = dj.DynaBertModel(model.config, dtype=getattr(jnp, compute))
@@ -227,7 +236,8 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
     small_params = jax.device_put(small_params, device)
     jin = {k: jax.device_put(np.asarray(v, np.int32), device) for k, v in inputs.items()}
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compile_options.compiler_options(
+        args.cpu_vector_width, backend))
     def forward(p, input_ids, attention_mask, token_type_ids):
         with jax.default_matmul_precision(jax_precision):  # read when traced
             return small_model.apply({"params": p}, input_ids,
@@ -372,7 +382,7 @@ def main(argv=None):
     import transformers
 
     import dynabert_jax as dj
-    from dynabert_jax import host_memory
+    from dynabert_jax import compile_options, host_memory
 
     kept = (args.host_memory == "keep" and not args.gpu_protocol
             and host_memory.keep_freed_memory())   # before JAX's backend starts
@@ -407,6 +417,8 @@ def main(argv=None):
                      "torch": torch.__version__, "transformers": transformers.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"xla_flags": os.environ.get("XLA_FLAGS", ""),
+                     "compiler_options": compile_options.compiler_options(
+                         args.cpu_vector_width, backend),
                      "torch_threads": torch.get_num_threads(),
                      "host_memory": ("glibc keeps freed memory for reuse (dynabert_jax."
                                      "host_memory.keep_freed_memory), both frameworks"
