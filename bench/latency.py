@@ -224,7 +224,6 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
     import torch
 
     import dynabert_jax as dj
-    from dynabert_jax import compile_options
 
     compute, jax_precision, _, _ = PRECISIONS[dtype]
     jmodel = dj.DynaBertModel(model.config, dtype=getattr(jnp, compute))
@@ -236,8 +235,7 @@ def measure_point(model, params, torch_full, subnet, inputs, args, dtype, backen
     small_params = jax.device_put(small_params, device)
     jin = {k: jax.device_put(np.asarray(v, np.int32), device) for k, v in inputs.items()}
 
-    @functools.partial(jax.jit, compiler_options=compile_options.compiler_options(
-        args.cpu_vector_width, backend))
+    @functools.partial(jax.jit, compiler_options=args.compiler_options)
     def forward(p, input_ids, attention_mask, token_type_ids):
         with jax.default_matmul_precision(jax_precision):  # read when traced
             return small_model.apply({"params": p}, input_ids,
@@ -400,6 +398,8 @@ def main(argv=None):
     else:
         backend = "cpu"
     torch.set_num_threads(args.threads)
+    # ours' jax.jit options: 512-bit vectors on an AVX-512 CPU, None elsewhere
+    args.compiler_options = compile_options.compiler_options(args.cpu_vector_width, backend)
 
     subnets = dj.grid()
     if args.subnets:  # any (width, depth), trained grid or not, in the order given
@@ -417,8 +417,7 @@ def main(argv=None):
                      "torch": torch.__version__, "transformers": transformers.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"xla_flags": os.environ.get("XLA_FLAGS", ""),
-                     "compiler_options": compile_options.compiler_options(
-                         args.cpu_vector_width, backend),
+                     "compiler_options": args.compiler_options,
                      "torch_threads": torch.get_num_threads(),
                      "host_memory": ("glibc keeps freed memory for reuse (dynabert_jax."
                                      "host_memory.keep_freed_memory), both frameworks"
