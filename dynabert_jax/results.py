@@ -121,6 +121,24 @@ def _stage_setup(workdir: pathlib.Path, stage: str, scfg: Mapping) -> Optional[d
     return setup
 
 
+def stage_wall_seconds(workdir: pathlib.Path) -> tuple:
+    """``({stage: seconds}, device)`` from a run's ``stages.jsonl``. A row whose
+    ``stage_seconds`` counts every call that trained its stage (the time up to the
+    checkpoints it resumed or reused, kept in them) replaces the rows before it; a row
+    of one call only (written before checkpoints kept their time, or resuming one that
+    did not) adds to them."""
+    wall: Dict[str, float] = {}
+    device = None
+    for row in read_jsonl(workdir / "stages.jsonl"):
+        stage = row["stage"]
+        if "stage_seconds" in row and not row.get("earlier_unknown"):
+            wall[stage] = float(row["stage_seconds"])
+        else:
+            wall[stage] = wall.get(stage, 0.0) + float(row["seconds"])
+        device = row.get("device", device)
+    return wall, device
+
+
 def _trained_config(workdir: pathlib.Path, stage: str) -> Optional[dict]:
     """The whole config a stage folder trained with, as its best checkpoint recorded it,
     or None (no checkpoint, or one that recorded no config)."""
@@ -168,11 +186,7 @@ def collect_run(workdir) -> dict:
     per = [p for p in per if p]
     if per:
         stages["direct"] = dict(per[0], shapes=len(per))
-    wall: Dict[str, float] = {}
-    device = None
-    for row in read_jsonl(workdir / "stages.jsonl"):
-        wall[row["stage"]] = wall.get(row["stage"], 0.0) + float(row["seconds"])
-        device = row.get("device", device)
+    wall, device = stage_wall_seconds(workdir)
     data_sizes = read_json(workdir / "data.json", "") if (workdir / "data.json").is_file() \
         else {}
     run = trained["width_depth"] or config   # the run's settings: DynaBERT's

@@ -289,6 +289,19 @@ class Context:
     # jax.jit's compiler_options for every program the stages compile (train, eval,
     # rewiring): config.cpu_prefer_vector_width on CPU, else None (compile_options.py)
     compiler_options: Optional[Dict[str, Any]] = None
+    # The stage now running: seconds its earlier calls spent on checkpoints this call
+    # resumes or reuses (their meta's "seconds"), and how many such checkpoints predate
+    # that record (see `count_earlier`, train_and_evaluate)
+    earlier_seconds: float = 0.0
+    earlier_unknown: int = 0
+
+    def count_earlier(self, seconds) -> None:
+        """Add the time an earlier call spent on a checkpoint this call reuses or resumes
+        (None: written before checkpoints recorded it)."""
+        if seconds is None:
+            self.earlier_unknown += 1
+        else:
+            self.earlier_seconds += float(seconds)
 
     @classmethod
     def create(cls, config, workdir) -> "Context":
@@ -574,8 +587,12 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
             abstract_state.params, state_sh.params)
         params, info = store.restore_best(like)
         store.close()
+        ctx.count_earlier(latest.get("seconds"))
         return params, info
 
+    # This call's time on the stage, from here; with what earlier calls spent up to the
+    # checkpoint it resumes from, saved in every checkpoint ("seconds")
+    t_call, earlier = time.perf_counter(), 0.0
     teacher_params = {} if teacher_params is None else teacher_params
     teacher_sh = sharding.tree_shardings(teacher_params, mesh, fsdp)
     repl = sharding.replicated(mesh)
@@ -590,6 +607,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         state, meta = restored
         start = int(meta["step"])
         best_score = meta.get("best_score", -math.inf)
+        ctx.count_earlier(meta.get("seconds"))
+        earlier = float(meta.get("seconds", 0.0))
         writer.drop_after(start)   # rows logged after that checkpoint are logged again
         log.info("%s: resuming at step %d of %d from %s", stage, start, total,
                  store.directory / "latest")
@@ -712,7 +731,9 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                             "results": [[s.width, s.depth, r] for s, r in results.items()]})
                     t_last, n_last = time.perf_counter(), 0
                 if done % ckpt_every == 0 or done == total:
-                    store.save_latest(done, state, {"best_score": best_score})
+                    store.save_latest(done, state, {
+                        "best_score": best_score,
+                        "seconds": round(earlier + time.perf_counter() - t_call, 1)})
     finally:
         bar.close()
         writer.close()
@@ -852,10 +873,12 @@ def stage_rewire(ctx: Context):
         info = store.best_info()
         if info is not None and all(info.get(k) == v for k, v in inputs.items()):
             new, info = store.restore_best(_params_on_mesh(ctx))
+            ctx.count_earlier(info.get("seconds"))
             print(f"rewire: done before with this teacher and settings, reused from "
                   f"{out / 'checkpoints'}; head order per layer: "
                   f"{np.asarray(info['head_order'])[:, :4].tolist()}...")
             return new
+        t0 = time.perf_counter()
         batches = list(ctx.dev_batches(cfg.batch_size))   # a known total for the bar
         new, head_imp, neuron_imp = rewire.rewire_network(
             ctx.model, params, batches, accumulate=cfg.accumulate,
@@ -864,7 +887,8 @@ def stage_rewire(ctx: Context):
             np.savez(out / "importance.npz", head=head_imp, neuron=neuron_imp)
         head_order = np.argsort(-head_imp, axis=1, kind="stable")
         store.save_best(0, new, {"accumulate": cfg.accumulate,
-                                 "head_order": head_order.tolist()})
+                                 "head_order": head_order.tolist(),
+                                 "seconds": round(time.perf_counter() - t0, 1)})
     finally:
         store.close()
     print(f"rewire: permuted heads and FFN neurons by importance ({cfg.accumulate}); "
@@ -1298,16 +1322,25 @@ def train_and_evaluate(config, workdir):
     result = None
     for stage in stages:
         t0 = time.perf_counter()
+        ctx.earlier_seconds, ctx.earlier_unknown = 0.0, 0
         result = _STAGE_FNS[stage](ctx)
         seconds = time.perf_counter() - t0
         log.info("stage %s done in %.1f s", stage, seconds)
         if report.is_primary():
-            with open(workdir / "stages.jsonl", "a") as f:   # wall time per stage, per call
-                f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1),
-                                    "time": round(time.time(), 1),
-                                    "device": jax.devices()[0].device_kind,
-                                    "num_devices": ctx.mesh.size,
-                                    "compiler_options": ctx.compiler_options}) + "\n")
+            # A row per call: "seconds" this call's time; "stage_seconds" the stage's,
+            # with what earlier calls spent up to the checkpoints this one resumed or
+            # reused (time after a killed call's last checkpoint is lost with its work);
+            # "earlier_unknown": checkpoints from before they recorded their time
+            row = {"stage": stage, "seconds": round(seconds, 1),
+                   "stage_seconds": round(seconds + ctx.earlier_seconds, 1)}
+            if ctx.earlier_unknown:
+                row["earlier_unknown"] = ctx.earlier_unknown
+            row.update({"time": round(time.time(), 1),
+                        "device": jax.devices()[0].device_kind,
+                        "num_devices": ctx.mesh.size,
+                        "compiler_options": ctx.compiler_options})
+            with open(workdir / "stages.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
     return result
 
 

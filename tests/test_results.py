@@ -392,3 +392,20 @@ def test_records_errors(tmp_path, capsys):
     assert "is not a results record" in capsys.readouterr().err
     with pytest.raises(SystemExit):   # one source or the other
         results.main(["--records", str(tmp_path), "--runs", str(tmp_path)])
+
+
+def test_stage_times_replace_with_whole_stage_rows_and_sum_rows_of_one_call(tmp_path):
+    # rows of one call (earlier versions, or resuming a checkpoint that kept no time)
+    # add up; a row with the whole stage's time replaces the rows before it
+    lines = [{"stage": "teacher", "seconds": 100.0, "device": "cpu"},
+             {"stage": "teacher", "seconds": 4.0},
+             {"stage": "width", "seconds": 50.0},
+             {"stage": "width", "seconds": 30.0, "stage_seconds": 90.0},
+             {"stage": "width", "seconds": 2.0, "stage_seconds": 91.0, "device": "gpu"},
+             {"stage": "direct", "seconds": 10.0, "stage_seconds": 10.0},
+             {"stage": "direct", "seconds": 20.0, "stage_seconds": 25.0,
+              "earlier_unknown": 1}]
+    (tmp_path / "stages.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    wall, device = results.stage_wall_seconds(tmp_path)
+    assert wall == {"teacher": 104.0, "width": 91.0, "direct": 30.0}
+    assert device == "gpu"

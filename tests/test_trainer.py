@@ -12,7 +12,7 @@ import pytest
 
 import dynabert_jax as dj
 from dynabert_jax import checkpoint as ckpt
-from dynabert_jax import trainer
+from dynabert_jax import results, trainer
 
 from conftest import REPO, save_tiny_bert, tiny_train_config
 
@@ -920,3 +920,80 @@ def test_a_url_workdir_is_refused(tmp_path, tiny_bert_dir):
         trainer.train_and_evaluate(tiny_train_config(tiny_bert_dir, tmp_path),
                                    "gs://bucket/runs/sst2")
     assert not (pathlib.Path.cwd() / "gs:").exists()   # not made as a local folder
+
+
+def test_a_resumed_or_reused_stage_records_the_time_of_its_earlier_calls(tiny_bert_dir,
+                                                                        tmp_path,
+                                                                        monkeypatch):
+    """stages.jsonl has a row per call: "seconds" for the call, "stage_seconds" with the
+    time earlier calls spent up to the checkpoint it resumed (kept in the checkpoint), or
+    that of the finished stage it reused; a resumed checkpoint written before that
+    record is counted as unknown."""
+    def rows(workdir):
+        return [json.loads(x) for x in (workdir / "stages.jsonl").read_text().splitlines()]
+
+    def latest_seconds(workdir):
+        store = ckpt.StageCheckpoints(workdir / "teacher" / "checkpoints")
+        try:
+            return store.latest_meta()["seconds"]
+        finally:
+            store.close()
+
+    class Stop(Exception):
+        pass
+
+    save = ckpt.StageCheckpoints.save_latest
+
+    def save_then_stop(drop_seconds):
+        def wrapped(self, step, state, extra=None):
+            if drop_seconds:   # as checkpoints were written before they kept their time
+                extra = {k: v for k, v in extra.items() if k != "seconds"}
+            save(self, step, state, extra)
+            if step == 2:
+                raise Stop
+        return wrapped
+
+    config = tiny_train_config(tiny_bert_dir, tmp_path, stage="teacher", checkpoint_every=1,
+                               **{"teacher.max_steps": 4})
+    run = tmp_path / "run"
+    monkeypatch.setattr(ckpt.StageCheckpoints, "save_latest", save_then_stop(False))
+    with pytest.raises(Stop):
+        trainer.train_and_evaluate(config, run)
+    assert not (run / "stages.jsonl").exists()   # the killed call wrote no row
+    at_2 = latest_seconds(run)
+    assert at_2 > 0
+    monkeypatch.setattr(ckpt.StageCheckpoints, "save_latest", save)
+    trainer.train_and_evaluate(config, run)        # resumes at step 2
+    (row,) = rows(run)
+    assert "earlier_unknown" not in row
+    assert row["stage_seconds"] == pytest.approx(row["seconds"] + at_2, abs=0.11)
+    at_4 = latest_seconds(run)                     # the time of both calls to step 4
+    assert at_2 < at_4 <= row["stage_seconds"] + 0.1
+
+    trainer.train_and_evaluate(config, run)        # finished: reused
+    reused = rows(run)[-1]
+    assert reused["stage_seconds"] == pytest.approx(reused["seconds"] + at_4, abs=0.11)
+
+    config.stage = "rewire"                        # rewiring keeps its time too
+    trainer.train_and_evaluate(config, run)
+    trainer.train_and_evaluate(config, run)
+    computed, again = rows(run)[-2:]
+    assert computed["stage_seconds"] == computed["seconds"]
+    info = ckpt.StageCheckpoints(run / "rewire" / "checkpoints").best_info()
+    assert 0 < info["seconds"] <= computed["seconds"]
+    assert again["stage_seconds"] == pytest.approx(again["seconds"] + info["seconds"],
+                                                   abs=0.11)
+    # the collector takes each stage's last whole-stage row
+    wall, _ = results.stage_wall_seconds(run)
+    assert wall == {"teacher": reused["stage_seconds"], "rewire": again["stage_seconds"]}
+
+    # a checkpoint from before checkpoints kept their time: resumed, counted as unknown
+    config.stage = "teacher"
+    old = tmp_path / "old"
+    monkeypatch.setattr(ckpt.StageCheckpoints, "save_latest", save_then_stop(True))
+    with pytest.raises(Stop):
+        trainer.train_and_evaluate(config, old)
+    monkeypatch.setattr(ckpt.StageCheckpoints, "save_latest", save)
+    trainer.train_and_evaluate(config, old)
+    (row,) = rows(old)
+    assert row["earlier_unknown"] == 1 and row["stage_seconds"] == row["seconds"]
