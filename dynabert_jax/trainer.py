@@ -591,7 +591,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         return params, info
 
     # This call's time on the stage, from here; with what earlier calls spent up to the
-    # checkpoint it resumes from, saved in every checkpoint ("seconds")
+    # checkpoint it resumes from, saved in every checkpoint ("seconds"; None when that
+    # checkpoint predates the record, so a later resume counts it unknown too)
     t_call, earlier = time.perf_counter(), 0.0
     teacher_params = {} if teacher_params is None else teacher_params
     teacher_sh = sharding.tree_shardings(teacher_params, mesh, fsdp)
@@ -608,7 +609,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         start = int(meta["step"])
         best_score = meta.get("best_score", -math.inf)
         ctx.count_earlier(meta.get("seconds"))
-        earlier = float(meta.get("seconds", 0.0))
+        earlier = meta.get("seconds")
         writer.drop_after(start)   # rows logged after that checkpoint are logged again
         log.info("%s: resuming at step %d of %d from %s", stage, start, total,
                  store.directory / "latest")
@@ -733,7 +734,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                 if done % ckpt_every == 0 or done == total:
                     store.save_latest(done, state, {
                         "best_score": best_score,
-                        "seconds": round(earlier + time.perf_counter() - t_call, 1)})
+                        "seconds": None if earlier is None else
+                        round(earlier + time.perf_counter() - t_call, 1)})
     finally:
         bar.close()
         writer.close()

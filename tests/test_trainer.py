@@ -997,3 +997,4 @@ def test_a_resumed_or_reused_stage_records_the_time_of_its_earlier_calls(tiny_be
     trainer.train_and_evaluate(config, old)
     (row,) = rows(old)
     assert row["earlier_unknown"] == 1 and row["stage_seconds"] == row["seconds"]
+    assert latest_seconds(old) is None   # and stays unknown for a later resume or reuse
