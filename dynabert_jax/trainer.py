@@ -735,7 +735,7 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
                     store.save_latest(done, state, {
                         "best_score": best_score,
                         "seconds": None if earlier is None else
-                        round(earlier + time.perf_counter() - t_call, 1)})
+                        earlier + time.perf_counter() - t_call})
     finally:
         bar.close()
         writer.close()
@@ -890,7 +890,7 @@ def stage_rewire(ctx: Context):
         head_order = np.argsort(-head_imp, axis=1, kind="stable")
         store.save_best(0, new, {"accumulate": cfg.accumulate,
                                  "head_order": head_order.tolist(),
-                                 "seconds": round(time.perf_counter() - t0, 1)})
+                                 "seconds": time.perf_counter() - t0})
     finally:
         store.close()
     print(f"rewire: permuted heads and FFN neurons by importance ({cfg.accumulate}); "
