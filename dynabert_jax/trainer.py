@@ -608,8 +608,8 @@ def train_stage(ctx: Context, stage: str, init_params, teacher_params,
         state, meta = restored
         start = int(meta["step"])
         best_score = meta.get("best_score", -math.inf)
-        ctx.count_earlier(meta.get("seconds"))
         earlier = meta.get("seconds")
+        ctx.count_earlier(earlier)
         writer.drop_after(start)   # rows logged after that checkpoint are logged again
         log.info("%s: resuming at step %d of %d from %s", stage, start, total,
                  store.directory / "latest")
@@ -1333,14 +1333,11 @@ def train_and_evaluate(config, workdir):
             # with what earlier calls spent up to the checkpoints this one resumed or
             # reused (time after a killed call's last checkpoint is lost with its work);
             # "earlier_unknown": checkpoints from before they recorded their time
+            unknown = {"earlier_unknown": ctx.earlier_unknown} if ctx.earlier_unknown else {}
             row = {"stage": stage, "seconds": round(seconds, 1),
-                   "stage_seconds": round(seconds + ctx.earlier_seconds, 1)}
-            if ctx.earlier_unknown:
-                row["earlier_unknown"] = ctx.earlier_unknown
-            row.update({"time": round(time.time(), 1),
-                        "device": jax.devices()[0].device_kind,
-                        "num_devices": ctx.mesh.size,
-                        "compiler_options": ctx.compiler_options})
+                   "stage_seconds": round(seconds + ctx.earlier_seconds, 1), **unknown,
+                   "time": round(time.time(), 1), "device": jax.devices()[0].device_kind,
+                   "num_devices": ctx.mesh.size, "compiler_options": ctx.compiler_options}
             with open(workdir / "stages.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
     return result
